@@ -1,0 +1,1 @@
+"""Black-box baseline: the same timm backbone with a linear head."""
