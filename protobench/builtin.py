@@ -1,1 +1,38 @@
-"""protobench's own plugin: the built-in datasets and metrics (registered via entry point ``core``)."""
+"""protobench's own plugin (entry point ``core``): the built-in datasets and metrics."""
+
+from __future__ import annotations
+
+from protobench import hookimpl
+from protobench.contract import DatasetSpec, MetricSpec
+from protobench.data.cub import build_cub
+from protobench.data.imagefolder import build_imagefolder
+from protobench.data.synthbirds import PAPER_OPTIONS, QUICK_OPTIONS, build_synthbirds
+from protobench.metrics.accuracy import ACCURACY
+
+
+@hookimpl
+def protobench_datasets() -> list[DatasetSpec]:
+    return [
+        DatasetSpec(
+            name="synthbirds",
+            build=build_synthbirds,
+            description="procedurally drawn birds with known parts, generated offline from a seed",
+            profiles={"quick": QUICK_OPTIONS, "paper": PAPER_OPTIONS},
+        ),
+        DatasetSpec(
+            name="cub",
+            build=build_cub,
+            description="CUB-200-2011 read from its official layout (--root)",
+            profiles={"quick": {"crop_to_bbox": True}, "paper": {"crop_to_bbox": True}},
+        ),
+        DatasetSpec(
+            name="imagefolder",
+            build=build_imagefolder,
+            description="any folder ROOT/{train,test}/<class>/<image> (--root)",
+        ),
+    ]
+
+
+@hookimpl
+def protobench_metrics() -> list[MetricSpec]:
+    return [ACCURACY]

@@ -1,0 +1,63 @@
+"""Checkpoints: weights in safetensors, the model's name and config in json beside them.
+
+Nothing is ever unpickled. The json is written last, so a checkpoint without it (a run killed
+while saving) counts as absent.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from protobench.atomic import write_atomic, write_json_atomic
+from protobench.contract import PrototypeModel
+from protobench.plugins import Registry
+
+WEIGHTS, META = "model.safetensors", "model.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is incomplete, truncated or does not fit its model."""
+
+
+def exists(directory: Path) -> bool:
+    return (Path(directory) / META).is_file() and (Path(directory) / WEIGHTS).is_file()
+
+
+def save(model: PrototypeModel, model_name: str, directory: Path, info: dict[str, Any] | None = None) -> None:
+    """Save ``model`` (built by plugin model ``model_name``) into ``directory``."""
+    directory = Path(directory)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    write_atomic(directory / WEIGHTS, lambda tmp: save_file(state, str(tmp)))
+    write_json_atomic(directory / META, {"model": model_name, "config": model.config, "info": info or {}})
+
+
+def read_meta(directory: Path) -> dict[str, Any]:
+    path = Path(directory) / META
+    try:
+        meta = json.loads(path.read_text())
+        meta["model"], meta["config"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"checkpoint config {path} is unreadable: {exc}") from exc
+    return meta
+
+
+def load(directory: Path, registry: Registry, device: torch.device | str = "cpu") -> PrototypeModel:
+    """Rebuild the model from its json config and load its safetensors weights."""
+    directory = Path(directory)
+    meta = read_meta(directory)
+    model = registry.model(meta["model"]).build(dict(meta["config"]))
+    path = directory / WEIGHTS
+    try:
+        state = load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error types for truncated files
+        raise CheckpointError(f"checkpoint weights {path} are unreadable (truncated?): {exc}") from exc
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"checkpoint weights {path} do not fit model {meta['model']!r}: {exc}") from exc
+    return model.to(device).eval()

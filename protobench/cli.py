@@ -1,0 +1,175 @@
+"""The ``protobench`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Sequence
+
+from protobench import checkpoint, harness, leaderboard
+from protobench.check import regressions
+from protobench.harness import Settings
+from protobench.plugins import PluginError, Registry, registry
+from protobench.store import StoreError
+
+#: Errors that are the user's input, not a bug: printed as one line, exit status 2.
+USER_ERRORS = (PluginError, StoreError, checkpoint.CheckpointError, harness.ModelOutputError,
+               FileNotFoundError, ValueError)
+
+
+def _key_values(pairs: Sequence[str], flag: str) -> dict[str, Any]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{flag} {pair!r}: expected KEY=VALUE")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return Settings(
+        dataset=args.dataset,
+        profile=args.profile,
+        seed=args.seed,
+        root=args.root,
+        workdir=Path(args.workdir),
+        device=args.device,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        model_overrides=_key_values(args.set, "--set"),
+        dataset_options=_key_values(args.data, "--data"),
+    )
+
+
+def _registry() -> Registry:
+    reg = registry()
+    for error in reg.errors:
+        print(f"protobench: warning: {error}", file=sys.stderr)
+    return reg
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    reg = _registry()
+    for info in reg.plugins:
+        print(f"{info.name}  ({info.distribution} {info.version}, {info.module})")
+        if info.error:
+            print(f"    error: {info.error}")
+        for kind, names in info.registered.items():
+            print(f"    {kind}: {', '.join(names)}")
+    return 1 if reg.errors and args.strict else 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    directory = harness.train(_registry(), args.model, _settings(args))
+    print(f"checkpoint: {directory}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    metrics = args.metrics.split(",") if args.metrics else None
+    for record in harness.evaluate(_registry(), args.model, _settings(args), metrics):
+        value = "n/a" if record["value"] is None else f"{record['value']:.4f}"
+        print(f"{record['model']} {record['metric']}: {value}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    reg = _registry()
+    settings = _settings(args)
+    models = args.models.split(",") if args.models else sorted(reg.models)
+    if not models:
+        raise PluginError("no model plugins are registered (see `protobench plugins`)")
+    metrics = args.metrics.split(",") if args.metrics else None
+    harness.run(reg, models, settings, metrics)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(leaderboard.write(settings.store, settings.dataset, args.out, reg).read_text())
+    return 0
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    print(leaderboard.write(settings.store, args.dataset, args.out, _registry()).read_text())
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    baseline_path = Path(args.baseline or Path(args.out) / f"{args.dataset}.json")
+    try:
+        baseline = json.loads(baseline_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"baseline {baseline_path} is unreadable: {exc}") from exc
+    current = leaderboard.table(settings.store, args.dataset)
+    found = regressions(baseline, current, args.tolerance)
+    for line in found:
+        print(f"REGRESSION {line}")
+    print(f"{len(found)} regression(s) against {baseline_path}")
+    return 1 if found else 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="protobench", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--dataset", default="synthbirds", help="registered dataset (default: synthbirds)")
+        q.add_argument("--profile", default="quick", help="quick (laptop CPU) or paper (the paper's settings)")
+        q.add_argument("--seed", type=int, default=0)
+        q.add_argument("--root", default=None, help="dataset directory (CUB-200-2011, image folder)")
+        q.add_argument("--workdir", default=".protobench", help="checkpoints and results (default: .protobench)")
+        q.add_argument("--out", default="leaderboards", help="leaderboard directory (default: leaderboards)")
+        q.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+        q.add_argument("--batch-size", type=int, default=64, help="evaluation batch size")
+        q.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
+        q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a model config key")
+        q.add_argument("--data", action="append", default=[], metavar="KEY=VALUE", help="dataset build option")
+
+    q = sub.add_parser("plugins", help="list plugins and what each registered")
+    q.add_argument("--strict", action="store_true", help="exit 1 if any plugin failed")
+    q.set_defaults(func=cmd_plugins)
+    q = sub.add_parser("train", help="train a model with its family's recipe")
+    q.add_argument("--model", required=True)
+    common(q)
+    q.set_defaults(func=cmd_train)
+    q = sub.add_parser("eval", help="evaluate a trained model (skips finished metrics)")
+    q.add_argument("--model", required=True)
+    q.add_argument("--metrics", default=None, help="comma-separated (default: all)")
+    common(q)
+    q.set_defaults(func=cmd_eval)
+    q = sub.add_parser("run", help="train what has no checkpoint, evaluate, write the leaderboard")
+    q.add_argument("--models", default=None, help="comma-separated (default: every registered model)")
+    q.add_argument("--metrics", default=None, help="comma-separated (default: all)")
+    common(q)
+    q.set_defaults(func=cmd_run)
+    q = sub.add_parser("leaderboard", help="write leaderboards/<dataset>.md and .json from the results")
+    common(q)
+    q.set_defaults(func=cmd_leaderboard)
+    q = sub.add_parser("check", help="exit 1 if the results regress against the committed leaderboard")
+    q.add_argument("--baseline", default=None, help="baseline json (default: <out>/<dataset>.json)")
+    q.add_argument("--tolerance", type=float, default=0.02, help="allowed absolute worsening (default 0.02)")
+    common(q)
+    q.set_defaults(func=cmd_check)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except USER_ERRORS as exc:
+        if os.environ.get("PROTOBENCH_DEBUG"):
+            traceback.print_exc()
+        print(f"protobench: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

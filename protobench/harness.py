@@ -1,0 +1,226 @@
+"""Train, evaluate and run: what the CLI's commands do.
+
+Paths under ``workdir``: ``checkpoints/<dataset>/<profile>/<model>/seed<seed>/`` (safetensors +
+json) and ``results/`` (the :class:`~protobench.store.ResultStore`). A finished checkpoint is
+never retrained and a finished metric record is never recomputed.
+"""
+
+from __future__ import annotations
+
+import datetime
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from protobench import __version__, checkpoint
+from protobench.contract import EvalContext, MetricResult, MetricSpec, PrototypeModel, TrainData
+from protobench.data.transforms import eval_transform, train_transform
+from protobench.devices import barrier, init_distributed, resolve_device, seed_everything
+from protobench.plugins import Registry
+from protobench.progress import progress as default_progress
+from protobench.store import RecordKey, ResultStore
+
+
+class ModelOutputError(RuntimeError):
+    """A model produced non-finite outputs."""
+
+
+@dataclass
+class Settings:
+    """Where and how a command runs."""
+
+    dataset: str = "synthbirds"
+    profile: str = "quick"
+    seed: int = 0
+    root: str | None = None
+    workdir: Path = Path(".protobench")
+    device: str = "auto"
+    batch_size: int = 64
+    num_workers: int = 0
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    dataset_options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def store(self) -> ResultStore:
+        return ResultStore(Path(self.workdir) / "results")
+
+    def checkpoint_dir(self, model: str) -> Path:
+        return Path(self.workdir) / "checkpoints" / self.dataset / self.profile / model / f"seed{self.seed}"
+
+
+def _input_size(config: dict[str, Any]) -> int | tuple[int, int]:
+    size = config["input_size"]
+    return size if isinstance(size, int) else tuple(size)
+
+
+def build_split(registry: Registry, settings: Settings, split: str, transform: Any) -> Dataset:
+    spec = registry.dataset(settings.dataset)
+    options = {**spec.profiles.get(settings.profile, {}), **settings.dataset_options}
+    return spec.build(settings.root, split, transform, **options)
+
+
+def model_config(registry: Registry, model: str, settings: Settings, num_classes: int) -> dict[str, Any]:
+    config = registry.model(model).config(settings.profile, **settings.model_overrides)
+    config["num_classes"] = num_classes
+    return config
+
+
+def train(registry: Registry, model: str, settings: Settings, progress: Any = default_progress) -> Path:
+    """Train ``model`` with its family's recipe and save the checkpoint; returns its directory."""
+    spec = registry.model(model)
+    if spec.train is None:
+        raise ValueError(f"model {model!r} is eval-only (its plugin gives no training recipe)")
+    device = resolve_device(settings.device)
+    seed_everything(settings.seed)
+    probe = build_split(registry, settings, "test", None)
+    config = model_config(registry, model, settings, probe.num_classes)
+    size = _input_size(config)
+    shift = (size if isinstance(size, int) else min(size)) // 16
+    data = TrainData(
+        train=build_split(registry, settings, "train", train_transform(size, shift)),
+        push=build_split(registry, settings, "train", eval_transform(size)),
+        test=build_split(registry, settings, "test", eval_transform(size)),
+        num_classes=probe.num_classes,
+        device=device,
+        num_workers=settings.num_workers,
+    )
+    net = spec.build(config).to(device)
+    start = time.perf_counter()
+    net = spec.train(net, data, config, progress)
+    seconds = time.perf_counter() - start
+    directory = settings.checkpoint_dir(model)
+    info = {"train_seconds": round(seconds, 1), "device": str(device), "seed": settings.seed,
+            "dataset": settings.dataset, "profile": settings.profile, "protobench": __version__}
+    checkpoint.save(net, model, directory, info)
+    return directory
+
+
+def _missing_capability(spec: MetricSpec, model: PrototypeModel, dataset: Dataset, first: Any) -> str | None:
+    checks = {
+        "prototypes": (model.num_prototypes > 0, "the model has no prototypes"),
+        "contributions": (first.contributions is not None, "the model's explanation has no contributions"),
+        "keypoints": (bool(getattr(dataset, "part_names", None)), "the dataset has no part keypoints"),
+        "interventions": (hasattr(dataset, "render_without"), "the dataset cannot remove parts"),
+        "certified_margin": (hasattr(model, "certified_margin"), "the model gives no certified margin"),
+    }
+    for need in sorted(spec.needs):
+        ok, reason = checks[need]
+        if not ok:
+            return reason
+    return None
+
+
+def model_info(model: PrototypeModel, meta: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "backbone": model.config.get("backbone", "?"),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "prototypes": model.num_prototypes,
+        "train_seconds": meta.get("info", {}).get("train_seconds"),
+    }
+
+
+def evaluate(
+    registry: Registry,
+    model: str,
+    settings: Settings,
+    metrics: list[str] | None = None,
+    progress: Any = default_progress,
+) -> list[dict[str, Any]]:
+    """Compute every metric without a record in one shared pass over the test split."""
+    store = settings.store
+    names = metrics or sorted(registry.metrics)
+    specs = [registry.metric(n) for n in names]
+    key = lambda name: RecordKey(settings.dataset, settings.profile, model, settings.seed, name)  # noqa: E731
+    todo = [s for s in specs if not store.has(key(s.name))]
+    if todo:
+        device = resolve_device(settings.device)
+        rank, world = init_distributed(device)
+        directory = settings.checkpoint_dir(model)
+        if not checkpoint.exists(directory):
+            raise FileNotFoundError(f"no checkpoint for model {model!r} in {directory}; run `protobench train` first")
+        meta = checkpoint.read_meta(directory)
+        net = checkpoint.load(directory, registry, device)
+        seed_everything(settings.seed)
+        dataset = build_split(registry, settings, "test", eval_transform(_input_size(net.config)))
+        results = _shared_pass(net, model, dataset, todo, settings, device, rank, world, progress)
+        if rank == 0:
+            info = model_info(net, meta)
+            for spec in todo:
+                result, reason = results[spec.name]
+                record = {
+                    "value": result.value,
+                    "detail": result.detail,
+                    "not_applicable": reason,
+                    "higher_is_better": spec.higher_is_better,
+                    "paper": spec.paper,
+                    "model_info": info,
+                    "protobench": __version__,
+                    "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                }
+                store.put(key(spec.name), record)
+        barrier()
+    return [store.get(key(s.name)) for s in specs]
+
+
+def _shared_pass(
+    net: PrototypeModel,
+    model: str,
+    dataset: Dataset,
+    specs: list[MetricSpec],
+    settings: Settings,
+    device: torch.device,
+    rank: int,
+    world: int,
+    progress: Any,
+) -> dict[str, tuple[MetricResult, str | None]]:
+    """One pass over (this process's shard of) ``dataset`` feeding every applicable metric."""
+    shard = Subset(dataset, range(rank, len(dataset), world)) if world > 1 else dataset
+    loader = DataLoader(shard, batch_size=settings.batch_size, shuffle=False, num_workers=settings.num_workers)
+    context = EvalContext(dataset=dataset, device=device, seed=settings.seed)
+    states: dict[str, Any] = {}
+    results: dict[str, tuple[MetricResult, str | None]] = {}
+    for i, batch in enumerate(progress(loader, desc=f"eval {model}", total=len(loader))):
+        images = batch["image"].to(device)
+        with torch.no_grad():
+            out = net.explain(images)
+        if not torch.isfinite(out.logits).all():
+            bad = batch["index"][~torch.isfinite(out.logits).all(dim=1).cpu()].tolist()
+            raise ModelOutputError(
+                f"model {model!r} returned non-finite logits on test batch {i} (dataset indices {bad[:10]}); "
+                "records already written are kept"
+            )
+        if i == 0:
+            for spec in specs:
+                reason = _missing_capability(spec, net, dataset, out)
+                if reason:
+                    results[spec.name] = (MetricResult(value=None), reason)
+                else:
+                    states[spec.name] = spec.compute(net, context)
+                    if isinstance(states[spec.name], torch.nn.Module):
+                        states[spec.name].to(device)
+        for state in states.values():
+            state.update(batch, out)
+    for name, state in states.items():
+        results[name] = (state.compute(), None)
+    return results
+
+
+def run(
+    registry: Registry,
+    models: list[str],
+    settings: Settings,
+    metrics: list[str] | None = None,
+    progress: Any = default_progress,
+) -> None:
+    """Train every model that has no checkpoint yet, then evaluate it."""
+    device = resolve_device(settings.device)
+    rank, _ = init_distributed(device)
+    for model in models:
+        if rank == 0 and not checkpoint.exists(settings.checkpoint_dir(model)):
+            train(registry, model, settings, progress)
+        barrier()
+        evaluate(registry, model, settings, metrics, progress)

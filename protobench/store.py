@@ -1,0 +1,60 @@
+"""The results store: one json file per (dataset, profile, model, seed, metric) record.
+
+Each record is written atomically (see :mod:`protobench.atomic`) the moment its metric is
+computed, so a killed run loses at most the metrics of the pass in flight, and a re-run skips
+every record already on disk.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from protobench.atomic import write_json_atomic
+
+
+class StoreError(ValueError):
+    """A record on disk that cannot be read."""
+
+
+@dataclass(frozen=True)
+class RecordKey:
+    dataset: str
+    profile: str
+    model: str
+    seed: int
+    metric: str
+
+
+class ResultStore:
+    """Records under ``root/<dataset>/<profile>/<model>/seed<seed>/<metric>.json``."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def path(self, key: RecordKey) -> Path:
+        return self.root / key.dataset / key.profile / key.model / f"seed{key.seed}" / f"{key.metric}.json"
+
+    def has(self, key: RecordKey) -> bool:
+        return self.path(key).is_file()
+
+    def put(self, key: RecordKey, record: dict[str, Any]) -> None:
+        write_json_atomic(self.path(key), {**record, **key.__dict__})
+
+    def get(self, key: RecordKey) -> dict[str, Any]:
+        return _read(self.path(key))
+
+    def records(self, dataset: str | None = None) -> Iterator[dict[str, Any]]:
+        """Every record (of ``dataset``, if given), in a stable order."""
+        base = self.root / dataset if dataset else self.root
+        for path in sorted(base.glob("**/seed*/*.json")):
+            yield _read(path)
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise StoreError(f"cannot read result record {path}: {exc}; delete it to recompute") from exc
