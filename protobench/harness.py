@@ -11,7 +11,7 @@ import datetime
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -146,12 +146,10 @@ def evaluate(
         net = checkpoint.load(directory, registry, device)
         seed_everything(settings.seed)
         dataset = build_split(registry, settings, "test", eval_transform(_input_size(net.config)))
-        results = _shared_pass(net, model, dataset, todo, settings, device, rank, world, progress)
-        if rank == 0:
-            info = model_info(net, meta)
-            for spec in todo:
-                result, reason = results[spec.name]
-                record = {
+        info = model_info(net, meta)
+        for spec, result, reason in _shared_pass(net, model, dataset, todo, settings, device, rank, world, progress):
+            if rank == 0:  # each record lands the moment it is computed
+                store.put(key(spec.name), {
                     "value": result.value,
                     "detail": result.detail,
                     "not_applicable": reason,
@@ -160,8 +158,7 @@ def evaluate(
                     "model_info": info,
                     "protobench": __version__,
                     "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                }
-                store.put(key(spec.name), record)
+                })
         barrier()
     return [store.get(key(s.name)) for s in specs]
 
@@ -176,13 +173,16 @@ def _shared_pass(
     rank: int,
     world: int,
     progress: Any,
-) -> dict[str, tuple[MetricResult, str | None]]:
-    """One pass over (this process's shard of) ``dataset`` feeding every applicable metric."""
+) -> Iterator[tuple[MetricSpec, MetricResult, str | None]]:
+    """One pass over (this process's shard of) ``dataset`` feeding every applicable metric.
+
+    Yields (spec, result, reason-not-applicable) per metric, computing each only when asked.
+    """
     shard = Subset(dataset, range(rank, len(dataset), world)) if world > 1 else dataset
     loader = DataLoader(shard, batch_size=settings.batch_size, shuffle=False, num_workers=settings.num_workers)
     context = EvalContext(dataset=dataset, device=device, seed=settings.seed)
     states: dict[str, Any] = {}
-    results: dict[str, tuple[MetricResult, str | None]] = {}
+    reasons: dict[str, str | None] = {}
     for i, batch in enumerate(progress(loader, desc=f"eval {model}", total=len(loader))):
         images = batch["image"].to(device)
         with torch.no_grad():
@@ -195,18 +195,17 @@ def _shared_pass(
             )
         if i == 0:
             for spec in specs:
-                reason = _missing_capability(spec, net, dataset, out)
-                if reason:
-                    results[spec.name] = (MetricResult(value=None), reason)
-                else:
-                    states[spec.name] = spec.compute(net, context)
-                    if isinstance(states[spec.name], torch.nn.Module):
-                        states[spec.name].to(device)
+                reasons[spec.name] = _missing_capability(spec, net, dataset, out)
+                if reasons[spec.name] is None:
+                    state = spec.compute(net, context)
+                    states[spec.name] = state.to(device) if isinstance(state, torch.nn.Module) else state
         for state in states.values():
             state.update(batch, out)
-    for name, state in states.items():
-        results[name] = (state.compute(), None)
-    return results
+    for spec in specs:
+        if spec.name in states:
+            yield spec, states[spec.name].compute(), None
+        else:
+            yield spec, MetricResult(value=None), reasons[spec.name]
 
 
 def run(

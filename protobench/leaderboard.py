@@ -80,7 +80,7 @@ def markdown(data: dict[str, Any], registry: Registry | None = None) -> str:
         for row in data["rows"]
     ])
     lines = [f"# protobench leaderboard: {data['dataset']}", ""]
-    lines.append(frame.to_markdown(index=False) if len(frame) else "_no results yet_")
+    lines.append(frame.to_markdown(index=False, disable_numparse=True) if len(frame) else "_no results yet_")
     lines += ["", f"`{NOT_APPLICABLE}`: the metric does not apply to the model; `{MISSING}`: not computed.", ""]
     for name in data["metrics"]:
         spec = registry.metrics.get(name) if registry else None

@@ -1,0 +1,107 @@
+"""The harness end to end through the CLI, with a throwaway toy plugin: run, kill, resume, errors."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+RUN = ("run", "--dataset", "colours", "--models", "toy_a,toy_b", "--batch-size", "8")
+
+
+def _records(cwd):
+    return sorted(p.relative_to(cwd / ".protobench" / "results").as_posix()
+                  for p in (cwd / ".protobench" / "results").glob("**/*.json"))
+
+
+def test_run_trains_evaluates_and_writes_the_leaderboard(toy_cli):
+    done = toy_cli(*RUN)
+    assert done.returncode == 0, done.stderr
+    table = json.loads((toy_cli.cwd / "leaderboards" / "colours.json").read_text())
+    rows = {row["model"]: row for row in table["rows"]}
+    assert set(rows) == {"toy_a", "toy_b"}
+    assert rows["toy_a"]["metrics"]["hits"]["value"] == 1.0  # the colour task is trivially learnable
+    assert rows["toy_a"]["metrics"]["counted"]["value"] == 24.0  # every test image seen once
+    assert rows["toy_a"]["parameters"] == 3 * 3 + 3
+    needs = rows["toy_a"]["metrics"]["needs_protos"]
+    assert needs["value"] is None and "no prototypes" in needs["not_applicable"]
+    md = (toy_cli.cwd / "leaderboards" / "colours.md").read_text()
+    line = next(line for line in md.splitlines() if line.startswith("| toy_a"))
+    assert "n/a" in line and "1.000" in line and "24.000" in line
+    assert "| 0.000" not in line
+
+
+def test_rerun_recomputes_nothing(toy_cli):
+    assert toy_cli(*RUN).returncode == 0
+    before = toy_cli.log.read_text()
+    stamps = {p: (toy_cli.cwd / ".protobench/results" / p).stat().st_mtime_ns for p in _records(toy_cli.cwd)}
+    assert toy_cli(*RUN).returncode == 0
+    assert toy_cli.log.read_text() == before
+    assert stamps == {p: (toy_cli.cwd / ".protobench/results" / p).stat().st_mtime_ns for p in _records(toy_cli.cwd)}
+
+
+def _kill_when(toy_cli, line: str, hang: str) -> None:
+    env = {**toy_cli.env, "TOY_HANG": hang}
+    proc = subprocess.Popen([sys.executable, "-m", "protobench.cli", *RUN], cwd=toy_cli.cwd, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 90
+    while not (toy_cli.log.exists() and line in toy_cli.log.read_text()):
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def test_killed_during_second_training_keeps_the_first_model(toy_cli):
+    _kill_when(toy_cli, "train toy_b", hang="toy_b")
+    finished = _records(toy_cli.cwd)
+    assert any(r.startswith("colours/quick/toy_a/") for r in finished)
+    assert not any("toy_b" in r for r in finished)
+    stamps = {p: (toy_cli.cwd / ".protobench/results" / p).stat().st_mtime_ns for p in finished}
+    assert toy_cli(*RUN).returncode == 0
+    log = toy_cli.log.read_text().splitlines()
+    assert log.count("train toy_a") == 1 and log.count("compute counted toy_a") == 1
+    assert log.count("train toy_b") == 2  # the killed training started again
+    assert all((toy_cli.cwd / ".protobench/results" / p).stat().st_mtime_ns == t for p, t in stamps.items())
+
+
+def test_killed_during_a_metric_keeps_the_metrics_before_it(toy_cli):
+    _kill_when(toy_cli, "compute counted toy_a", hang="counted")
+    assert "colours/quick/toy_a/seed0/needs_protos.json" not in _records(toy_cli.cwd)  # after counted
+    hits = toy_cli.cwd / ".protobench/results/colours/quick/toy_a/seed0/hits.json"
+    assert not hits.exists() or json.loads(hits.read_text())["value"] == 1.0
+    assert toy_cli(*RUN).returncode == 0
+    log = toy_cli.log.read_text().splitlines()
+    assert log.count("train toy_a") == 1  # the checkpoint survived: no retraining
+    assert len(_records(toy_cli.cwd)) == 6
+
+
+def test_nan_model_gets_a_clear_error_and_keeps_other_records(toy_cli):
+    assert toy_cli(*RUN).returncode == 0
+    done = toy_cli("run", "--dataset", "colours", "--models", "toy_a", "--seed", "1", "--set", "nan=true")
+    assert done.returncode == 2
+    assert "model 'toy_a' returned non-finite logits on test batch 0" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert len([r for r in _records(toy_cli.cwd) if "seed0" in r]) == 6
+
+
+def test_check_passes_on_itself_and_fails_on_a_regression(toy_cli):
+    assert toy_cli(*RUN).returncode == 0
+    assert toy_cli("check", "--dataset", "colours").returncode == 0
+    baseline = json.loads((toy_cli.cwd / "leaderboards/colours.json").read_text())
+    baseline["rows"][0]["metrics"]["hits"]["value"] = 1.5
+    (toy_cli.cwd / "better.json").write_text(json.dumps(baseline))
+    done = toy_cli("check", "--dataset", "colours", "--baseline", "better.json")
+    assert done.returncode == 1
+    assert "REGRESSION toy_a (quick) hits: baseline 1.5000, now 1.0000" in done.stdout
+
+
+def test_user_errors_are_one_line(toy_cli):
+    done = toy_cli("eval", "--dataset", "colours", "--model", "toy_a")
+    assert done.returncode == 2 and "no checkpoint for model 'toy_a'" in done.stderr
+    done = toy_cli("train", "--dataset", "colours", "--model", "nope")
+    assert done.returncode == 2 and "no model named 'nope'" in done.stderr and "toy_a" in done.stderr
+    done = toy_cli("train", "--dataset", "colours", "--model", "toy_a", "--set", "oops")
+    assert done.returncode == 2 and "--set 'oops': expected KEY=VALUE" in done.stderr

@@ -1,0 +1,94 @@
+"""Results store, checkpoints, leaderboard and check on hand-made records."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from protobench import checkpoint, leaderboard
+from protobench.check import regressions
+from protobench.contract import Explanation, ModelSpec, PrototypeModel
+from protobench.plugins import Registry
+from protobench.store import RecordKey, ResultStore, StoreError
+
+
+def _put(store, model, metric, seed, value, higher=True, reason=None):
+    store.put(RecordKey("ds", "quick", model, seed, metric), {
+        "value": value, "detail": {}, "higher_is_better": higher, "not_applicable": reason,
+        "model_info": {"backbone": "b", "parameters": 2_000_000, "prototypes": 0},
+    })
+
+
+def test_store_round_trip_and_corrupt_record(tmp_path):
+    store = ResultStore(tmp_path)
+    key = RecordKey("ds", "quick", "m", 0, "accuracy")
+    assert not store.has(key)
+    _put(store, "m", "accuracy", 0, 0.5)
+    assert store.has(key) and store.get(key)["value"] == 0.5 and store.get(key)["metric"] == "accuracy"
+    assert not list(tmp_path.glob("**/*.tmp"))
+    store.path(key).write_text('{"value": 0.')
+    with pytest.raises(StoreError, match="accuracy.json"):
+        store.get(key)
+
+
+def test_leaderboard_means_over_seeds_and_marks_not_applicable(tmp_path):
+    store = ResultStore(tmp_path)
+    _put(store, "m", "accuracy", 0, 0.8)
+    _put(store, "m", "accuracy", 1, 0.6)
+    _put(store, "m", "consistency", 0, None, reason="the model has no prototypes")
+    data = leaderboard.table(store, "ds")
+    (row,) = data["rows"]
+    assert row["metrics"]["accuracy"]["value"] == pytest.approx(0.7)
+    assert row["metrics"]["accuracy"]["std"] == pytest.approx(0.1414, abs=1e-4)
+    assert row["metrics"]["consistency"]["value"] is None
+    md = leaderboard.markdown(data)
+    assert "0.700 ± 0.141" in md and "| n/a" in md and "2.00" in md
+
+
+def test_check_directions_and_tolerance():
+    def table(value, higher=True, model="m"):
+        return {"rows": [{"model": model, "profile": "quick",
+                          "metrics": {"x": {"value": value, "higher_is_better": higher}}}]}
+
+    assert regressions(table(0.80), table(0.79), tolerance=0.02) == []
+    assert regressions(table(0.80), table(0.70), tolerance=0.02) != []
+    assert regressions(table(0.10, higher=False), table(0.20, higher=False), tolerance=0.02) != []
+    assert regressions(table(0.10, higher=False), table(0.00, higher=False), tolerance=0.02) == []
+    assert regressions(table(None), table(None), tolerance=0.0) == []
+    assert "missing" in regressions(table(0.5), table(0.5, model="other"), tolerance=0.1)[0]
+
+
+class _Tiny(PrototypeModel):
+    def __init__(self, config):
+        super().__init__()
+        self.config, self.num_classes, self.input_size = dict(config), 2, (4, 4)
+        self.linear = torch.nn.Linear(3, 2)
+        self.register_buffer("prototype_classes", torch.tensor([0, 1]))
+
+    def explain(self, x):
+        return Explanation(logits=self.linear(x.mean((2, 3))), similarities=x.new_zeros(len(x), 2, 1, 1))
+
+
+def _registry():
+    reg = Registry()
+    reg.models["tiny"] = ModelSpec(name="tiny", build=_Tiny, train=None, default_config={}, paper="")
+    return reg
+
+
+def test_checkpoint_round_trip(tmp_path):
+    model = _Tiny({"k": 1})
+    checkpoint.save(model, "tiny", tmp_path, {"train_seconds": 1.0})
+    loaded = checkpoint.load(tmp_path, _registry())
+    assert loaded.config == {"k": 1}
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[name])
+
+
+def test_truncated_or_incomplete_checkpoint(tmp_path):
+    checkpoint.save(_Tiny({}), "tiny", tmp_path)
+    weights = tmp_path / checkpoint.WEIGHTS
+    weights.write_bytes(weights.read_bytes()[:-10])
+    with pytest.raises(checkpoint.CheckpointError, match="model.safetensors.*truncated"):
+        checkpoint.load(tmp_path, _registry())
+    (tmp_path / checkpoint.META).unlink()
+    assert not checkpoint.exists(tmp_path)
