@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+import torchmetrics
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from protobench import __version__, checkpoint
@@ -198,6 +199,9 @@ def _shared_pass(
                 reasons[spec.name] = _missing_capability(spec, net, dataset, out)
                 if reasons[spec.name] is None:
                     state = spec.compute(net, context)
+                    if world > 1 and not isinstance(state, torchmetrics.Metric):
+                        raise ValueError(f"metric {spec.name!r} cannot be reduced across {world} processes: "
+                                         "its state must be a torchmetrics.Metric to run under torchrun")
                     states[spec.name] = state.to(device) if isinstance(state, torch.nn.Module) else state
         for state in states.values():
             state.update(batch, out)

@@ -16,6 +16,7 @@ TOY_PLUGIN = textwrap.dedent('''
     import time
 
     import torch
+    import torchmetrics
     from torch import nn
 
     from protobench import (DatasetSpec, Explanation, MetricResult, MetricSpec, ModelSpec,
@@ -89,16 +90,18 @@ TOY_PLUGIN = textwrap.dedent('''
                 time.sleep(600)
             return MetricResult(value=float(self.seen), detail={})
 
-    class Hits:
+    class Hits(torchmetrics.Metric):
         def __init__(self):
-            self.hits = self.total = 0
+            super().__init__()
+            self.add_state("hits", torch.tensor(0), dist_reduce_fx="sum")
+            self.add_state("total", torch.tensor(0), dist_reduce_fx="sum")
 
         def update(self, batch, explanation):
-            self.hits += int((explanation.logits.argmax(1) == batch["label"]).sum())
+            self.hits += (explanation.logits.argmax(1) == batch["label"]).sum()
             self.total += len(batch["label"])
 
         def compute(self):
-            return MetricResult(value=self.hits / self.total)
+            return MetricResult(value=float(self.hits) / float(self.total), detail={"total": int(self.total)})
 
     def spec(name):
         return ModelSpec(name=name, build=Toy, train=train, paper="toy",
