@@ -18,7 +18,7 @@ Boxes are ``LongTensor[..., 4]`` of inclusive pixel bounds ``(x0, y0, x1, y1)``:
 box when ``x0 <= x <= x1`` and ``y0 <= y <= y1``.
 
 Named departure: the official half size, 36 px, is stated at the official 224 px input; for other input
-sizes it is scaled in proportion, per axis, and rounded (:func:`half_size`), e.g. 10 px at 64 px.
+sizes it is scaled in proportion, per axis, and rounded half up (:func:`half_size`), e.g. 10 px at 64 px.
 
 Override hook: a model family whose paper defines regions differently (ProtoViT's deformed parts) gives
 its model a method ``regions(explanation, image_size) -> LongTensor[B, P, 4]`` in the box convention
@@ -48,7 +48,7 @@ _CHUNK_PIXELS = 1 << 24
 
 def half_size(image_size: tuple[int, int]) -> tuple[int, int]:
     """Region half sizes ``(half_y, half_x)``: :data:`HALF_SIZE` scaled from :data:`REFERENCE_SIZE`."""
-    return tuple(int(round(HALF_SIZE * s / REFERENCE_SIZE)) for s in image_size)  # type: ignore[return-value]
+    return tuple(int(HALF_SIZE * s / REFERENCE_SIZE + 0.5) for s in image_size)  # type: ignore[return-value]
 
 
 def upsample(similarities: Tensor, image_size: tuple[int, int]) -> Tensor:

@@ -46,6 +46,7 @@ def test_half_size_is_36_at_224_and_scales_with_the_input():
     assert R.half_size((224, 224)) == (36, 36)
     assert R.half_size((64, 64)) == (10, 10)  # 36 * 64 / 224 = 10.3
     assert R.half_size((448, 112)) == (72, 18)
+    assert R.half_size((28, 28)) == (5, 5)  # 4.5 rounds half up
 
 
 def one_hot(size: int, points: list[tuple[int, int]]) -> torch.Tensor:
