@@ -115,6 +115,14 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 1 if found else 0
 
 
+def cmd_gallery(args: argparse.Namespace) -> int:
+    prototypes = [int(p) for p in args.prototypes.split(",")] if args.prototypes else None
+    out = Path(args.gallery_dir or Path("galleries") / args.dataset / args.model)
+    paths = harness.gallery(_registry(), args.model, _settings(args), out, args.top_k, prototypes)
+    print(f"{len(paths)} prototype pictures in {out}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="protobench", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -152,6 +160,13 @@ def parser() -> argparse.ArgumentParser:
     q = sub.add_parser("leaderboard", help="write leaderboards/<dataset>.md and .json from the results")
     common(q)
     q.set_defaults(func=cmd_leaderboard)
+    q = sub.add_parser("gallery", help="one PNG per prototype: its source patch and top activations")
+    q.add_argument("--model", required=True)
+    q.add_argument("--top-k", type=int, default=5)
+    q.add_argument("--prototypes", default=None, help="comma-separated prototype indices (default: all)")
+    q.add_argument("--gallery-dir", default=None, help="default: galleries/<dataset>/<model>")
+    common(q)
+    q.set_defaults(func=cmd_gallery)
     q = sub.add_parser("check", help="exit 1 if the results regress against the committed leaderboard")
     q.add_argument("--baseline", default=None, help="baseline json (default: <out>/<dataset>.json)")
     q.add_argument("--tolerance", type=float, default=0.02, help="allowed absolute worsening (default 0.02)")

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from protobench import __version__, checkpoint
 from protobench.contract import EvalContext, MetricResult, MetricSpec, PrototypeModel, TrainData
 from protobench.data.transforms import eval_transform, train_transform
+from protobench.gallery import write_gallery
 from protobench.devices import barrier, init_distributed, resolve_device, seed_everything
 from protobench.plugins import Registry
 from protobench.progress import progress as default_progress
@@ -124,6 +125,16 @@ def model_info(model: PrototypeModel, meta: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def load_trained(
+    registry: Registry, model: str, settings: Settings, device: torch.device
+) -> tuple[PrototypeModel, dict[str, Any]]:
+    """The trained model of ``settings`` and its checkpoint metadata."""
+    directory = settings.checkpoint_dir(model)
+    if not checkpoint.exists(directory):
+        raise FileNotFoundError(f"no checkpoint for model {model!r} in {directory}; run `protobench train` first")
+    return checkpoint.load(directory, registry, device), checkpoint.read_meta(directory)
+
+
 def evaluate(
     registry: Registry,
     model: str,
@@ -140,11 +151,7 @@ def evaluate(
     if todo:
         device = resolve_device(settings.device)
         rank, world = init_distributed(device)
-        directory = settings.checkpoint_dir(model)
-        if not checkpoint.exists(directory):
-            raise FileNotFoundError(f"no checkpoint for model {model!r} in {directory}; run `protobench train` first")
-        meta = checkpoint.read_meta(directory)
-        net = checkpoint.load(directory, registry, device)
+        net, meta = load_trained(registry, model, settings, device)
         seed_everything(settings.seed)
         dataset = build_split(registry, settings, "test", eval_transform(_input_size(net.config)))
         info = model_info(net, meta)
@@ -227,3 +234,28 @@ def run(
             train(registry, model, settings, progress)
         barrier()
         evaluate(registry, model, settings, metrics, progress)
+
+
+def gallery(
+    registry: Registry,
+    model: str,
+    settings: Settings,
+    out_dir: Path,
+    k: int = 5,
+    prototypes: list[int] | None = None,
+    progress: Any = default_progress,
+) -> list[Path]:
+    """Write the prototype gallery of a trained model (see :mod:`protobench.gallery`)."""
+    device = resolve_device(settings.device)
+    net, _ = load_trained(registry, model, settings, device)
+    transform = eval_transform(_input_size(net.config))
+    test = build_split(registry, settings, "test", transform)
+    push = build_split(registry, settings, "train", transform)
+    verdicts = {}
+    key = RecordKey(settings.dataset, settings.profile, model, settings.seed, "consistency")
+    if settings.store.has(key) and settings.store.get(key)["value"] is not None:
+        per = settings.store.get(key)["detail"]["per_prototype"]
+        for p, (ok, part, freq) in enumerate(zip(per["consistent"], per["part"], per["max_part_frequency"])):
+            verdicts[p] = f"{'consistent' if ok else 'inconsistent'}: {part} in {freq:.0%} of its class's images"
+    return write_gallery(net, test, out_dir, push=push, k=k, prototypes=prototypes, verdicts=verdicts,
+                         device=device, progress=progress)

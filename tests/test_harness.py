@@ -124,3 +124,10 @@ def test_torchrun_sharded_eval_equals_single_process(toy_cli):
     refused = subprocess.run(cmd[:-4] + ["--metrics", "counted"], cwd=toy_cli.cwd, env=toy_cli.env,
                              capture_output=True, text=True, timeout=180)
     assert refused.returncode != 0 and "metric 'counted' cannot be reduced across 2 processes" in refused.stderr
+
+
+def test_gallery_command_writes_pictures(toy_cli):
+    assert toy_cli("train", "--dataset", "colours", "--model", "toy_a").returncode == 0
+    done = toy_cli("gallery", "--dataset", "colours", "--model", "toy_a")
+    assert done.returncode == 0, done.stderr
+    assert "0 prototype pictures in galleries/colours/toy_a" in done.stdout  # the toy model has no prototypes

@@ -1,0 +1,117 @@
+"""Prototype galleries: one PNG per prototype, so a person can see what it means and whether it is consistent.
+
+Each picture shows, left to right, the prototype's source (the training patch push projected it onto, where
+the model records it in the optional buffer ``prototype_sources`` ``[P, 3]``: dataset index, row, column) and
+its top-k activations on the test split. Every panel draws the prototype's region (:mod:`protobench.regions`,
+the same box the consistency metric uses) and marks the visible part keypoints: green inside the region (the
+parts in the part vector), grey outside. The title carries the consistency verdict when one is given.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from torch.utils.data import DataLoader, Dataset  # noqa: E402
+
+from protobench.contract import PrototypeModel  # noqa: E402
+from protobench.metrics.part_vectors import part_vectors  # noqa: E402
+from protobench.regions import prototype_regions  # noqa: E402
+
+
+def top_activations(model: PrototypeModel, dataset: Dataset, k: int, device: torch.device,
+                    batch_size: int = 64, progress: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Streaming top-``k`` test images per prototype: (max similarities ``[P, k]``, dataset indices ``[P, k]``)."""
+    best = torch.full((model.num_prototypes, 0), float("-inf"))
+    where = torch.zeros((model.num_prototypes, 0), dtype=torch.long)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    for batch in (progress(loader, desc="gallery", total=len(loader)) if progress else loader):
+        with torch.no_grad():
+            sims = model.explain(batch["image"].to(device)).similarities.flatten(2).amax(2).T.cpu()
+        best = torch.cat([best, sims], dim=1)
+        where = torch.cat([where, batch["index"][None].expand_as(sims)], dim=1)
+        best, order = best.topk(min(k, best.shape[1]), dim=1)
+        where = where.gather(1, order)
+    return best, where
+
+
+def _panel(ax: Any, item: dict[str, Any], box: torch.Tensor, part_names: Sequence[str], title: str) -> list[str]:
+    """Draw one image with the region and keypoints; returns the names of the parts inside the region."""
+    ax.imshow(item["image"].permute(1, 2, 0).clamp(0, 1).numpy())
+    x0, y0, x1, y1 = box.tolist()
+    ax.add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0 + 1, y1 - y0 + 1, fill=False, color="yellow", lw=1.5))
+    inside: list[str] = []
+    if "keypoints" in item:
+        kp = item["keypoints"]
+        hit = part_vectors(box[None, None], kp[None])[0, 0]
+        for (x, y, v), h, name in zip(kp.tolist(), hit.tolist(), part_names):
+            if v > 0:
+                ax.plot(x, y, "o", ms=3, color="lime" if h else "0.6", mec="black", mew=0.3)
+            if h:
+                inside.append(name)
+    ax.set_title(title + ("\n" + ", ".join(inside) if inside else ""), fontsize=6)
+    ax.axis("off")
+    return inside
+
+
+def _regions(model: PrototypeModel, images: torch.Tensor, prototype: int, device: torch.device) -> torch.Tensor:
+    with torch.no_grad():
+        explanation = model.explain(images.to(device))
+    pairs = torch.stack([torch.arange(len(images)), torch.full((len(images),), prototype)], dim=1)
+    return prototype_regions(model, explanation, tuple(images.shape[-2:]), pairs).cpu()
+
+
+def write_gallery(
+    model: PrototypeModel,
+    test: Dataset,
+    out_dir: str | Path,
+    push: Dataset | None = None,
+    k: int = 5,
+    prototypes: Sequence[int] | None = None,
+    verdicts: dict[int, str] | None = None,
+    device: torch.device | str = "cpu",
+    progress: Any = None,
+) -> list[Path]:
+    """Write ``proto_<p>_class_<c>.png`` for each prototype into ``out_dir``; returns the paths.
+
+    ``push`` is the dataset ``prototype_sources`` indexes (the training split without augmentation);
+    ``verdicts`` maps a prototype to a line for its title (e.g. its consistency).
+    """
+    device = torch.device(device)
+    model = model.to(device).eval()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    part_names = list(getattr(test, "part_names", None) or [])
+    scores, indices = top_activations(model, test, k, device, progress=progress)
+    sources = getattr(model, "prototype_sources", None)
+    chosen = range(model.num_prototypes) if prototypes is None else prototypes
+    paths = []
+    for p in chosen:
+        cls = int(model.prototype_classes[p])
+        has_source = push is not None and sources is not None and int(sources[p, 0]) >= 0
+        items = [test[int(i)] for i in indices[p]]
+        if has_source:
+            items.insert(0, push[int(sources[p, 0])])
+        boxes = _regions(model, torch.stack([it["image"] for it in items]), p, device)
+        fig, axes = plt.subplots(1, len(items), figsize=(1.6 * len(items), 2.1), squeeze=False)
+        for j, (ax, item, box) in enumerate(zip(axes[0], items, boxes)):
+            if has_source and j == 0:
+                title = f"source: train #{int(sources[p, 0])}"
+            else:
+                rank = j - has_source
+                title = f"top {rank + 1}: test #{int(indices[p, rank])}, sim {float(scores[p, rank]):.2f}"
+            _panel(ax, item, box, part_names, title)
+        label = "class-agnostic" if cls < 0 else f"class {cls}"
+        verdict = (verdicts or {}).get(p, "")
+        fig.suptitle(f"prototype {p} ({label})" + (f" — {verdict}" if verdict else ""), fontsize=8)
+        fig.tight_layout()
+        path = out / f"proto_{p:04d}_class_{cls}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths

@@ -1,0 +1,55 @@
+"""Prototype gallery: top activations are the right images, and one PNG per prototype is written."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from protobench.contract import Explanation, PrototypeModel
+from protobench.gallery import top_activations, write_gallery
+
+
+class PooledRed(PrototypeModel):
+    """Prototype p's similarity map is (p + 1) x the 4x4 average of the red channel."""
+
+    def __init__(self):
+        super().__init__()
+        self.config, self.num_classes, self.input_size = {}, 2, (16, 16)
+        self.register_buffer("prototype_classes", torch.tensor([0, 1, -1]))
+        self.register_buffer("prototype_sources", torch.tensor([[2, 0, 0], [-1, -1, -1], [-1, -1, -1]]))
+
+    def explain(self, x):
+        red = F.avg_pool2d(x[:, :1], 4)
+        sims = torch.cat([red * (p + 1) for p in range(3)], dim=1)
+        return Explanation(logits=x.new_zeros(len(x), 2), similarities=sims)
+
+
+class Spots(torch.utils.data.Dataset):
+    part_names = ("left", "right")
+
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        image = torch.zeros(3, 16, 16)
+        image[0, 0:4, 0:4] = i / self.n  # image i's red spot is brighter with i
+        keypoints = torch.tensor([[1.0, 1.0, 1.0], [14.0, 14.0, 1.0]])
+        return {"image": image, "label": i % 2, "index": i, "keypoints": keypoints}
+
+
+def test_top_activations_streams_over_batches():
+    scores, indices = top_activations(PooledRed(), Spots(10), k=3, device=torch.device("cpu"), batch_size=4)
+    assert indices.tolist() == [[9, 8, 7]] * 3
+    assert torch.allclose(scores[1], 2 * torch.tensor([0.9, 0.8, 0.7]))
+
+
+def test_gallery_writes_a_png_per_prototype_with_source_and_top_k(tmp_path):
+    paths = write_gallery(PooledRed(), Spots(6), tmp_path, push=Spots(6), k=2, verdicts={0: "consistent on left"})
+    assert [p.name for p in paths] == ["proto_0000_class_0.png", "proto_0001_class_1.png", "proto_0002_class_-1.png"]
+    with_source, without = Image.open(paths[0]), Image.open(paths[1])
+    assert with_source.width > without.width  # the source panel is one more column
+    assert with_source.width > 2 * with_source.height
