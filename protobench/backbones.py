@@ -1,0 +1,102 @@
+"""Convolutional backbones from timm, never downloaded, and the ImageNet normalisation models use.
+
+:func:`build_backbone` builds any timm model with ``pretrained=False``, drops its classifier
+head and returns a module mapping normalised images ``[B, 3, H, W]`` to the last feature map
+``[B, C, h, w]``. Pretrained weights come only from a local file the user names: safetensors, or a
+pickled ``.pth``/``.pt`` state dict read with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import timm
+import torch
+from safetensors.torch import load_file
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from torch import Tensor, nn
+
+
+class BackboneError(ValueError):
+    """An unknown backbone name, or a weights file that is missing or does not fit."""
+
+
+class ImageNetNormalize(nn.Module):
+    """Map ``[0, 1]`` pixel-space images to ImageNet-normalised inputs (no saved state)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.mean) / self.std
+
+
+class TimmFeatures(nn.Module):
+    """A headless timm model whose forward is its ``forward_features``."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model.forward_features(x)
+
+
+def build_backbone(name: str, weights: str | None = None, *, output_stride: int | None = None) -> tuple[nn.Module, int]:
+    """The timm model ``name`` without its head, and its number of output channels.
+
+    ``weights`` is a local state-dict file in timm's key layout (a classifier head in it is
+    ignored). ``output_stride`` (8, 16 or 32, where the model supports it) trades pooling for
+    dilation to enlarge the latent grid.
+    """
+    if not timm.is_model(name):
+        raise BackboneError(f"unknown backbone {name!r}: not a timm model name (see timm.list_models())")
+    kwargs = {} if output_stride is None else {"output_stride": output_stride}
+    try:
+        model = timm.create_model(name, pretrained=False, **kwargs)
+    except TypeError as exc:
+        raise BackboneError(f"backbone {name!r} does not accept output_stride={output_stride}: {exc}") from exc
+    full_keys = set(model.state_dict())
+    if hasattr(model, "prune_intermediate_layers"):
+        model.prune_intermediate_layers(prune_head=True, prune_norm=False)
+    else:
+        model.reset_classifier(0, "")
+    if weights is not None:
+        _load_weights(model, name, Path(weights), head_keys=full_keys - set(model.state_dict()))
+    return TimmFeatures(model), int(model.num_features)
+
+
+def _read_state_dict(path: Path) -> dict[str, Tensor]:
+    if not path.is_file():
+        raise BackboneError(f"backbone weights file {path} does not exist")
+    if path.suffix == ".safetensors":
+        return load_file(str(path))
+    if path.suffix in {".pth", ".pt"}:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises UnpicklingError for anything beyond tensors and containers
+            raise BackboneError(f"backbone weights file {path} cannot be read safely (weights_only=True): {exc}") from exc
+        for wrapper in ("state_dict", "model"):  # common training-script checkpoint layouts
+            if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+                state = state[wrapper]
+        if not isinstance(state, dict):
+            raise BackboneError(f"backbone weights file {path} holds a {type(state).__name__}, not a state dict")
+        return state
+    raise BackboneError(f"backbone weights file {path}: unknown format (use .safetensors, .pth or .pt)")
+
+
+def _load_weights(model: nn.Module, name: str, path: Path, head_keys: set[str]) -> None:
+    state = _read_state_dict(path)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise BackboneError(f"weights file {path} does not fit backbone {name!r}: {exc}") from exc
+    unexpected = sorted(set(result.unexpected_keys) - head_keys)
+    if result.missing_keys or unexpected:
+        raise BackboneError(
+            f"weights file {path} does not fit backbone {name!r}: "
+            f"missing keys {sorted(result.missing_keys)[:8]} ({len(result.missing_keys)}), "
+            f"unexpected keys {unexpected[:8]} ({len(unexpected)})"
+        )

@@ -1,0 +1,94 @@
+"""Backbones: timm models built without download, local weights files, ImageNet normalisation."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from protobench.backbones import BackboneError, ImageNetNormalize, build_backbone
+
+
+def full_state(name: str, seed: int) -> dict[str, torch.Tensor]:
+    """A timm model's whole state dict (head included), as a user's checkpoint would hold it."""
+    torch.manual_seed(seed)
+    return {k: v.contiguous() for k, v in timm.create_model(name, pretrained=False).state_dict().items()}
+
+
+def test_feature_map_shape_and_channels():
+    model, channels = build_backbone("resnet10t")
+    out = model(torch.rand(2, 3, 64, 64))
+    assert channels == 512 and out.shape == (2, 512, 2, 2)
+    assert not any(k.startswith("model.fc") for k in model.state_dict())
+
+
+def test_output_stride_enlarges_the_grid():
+    model, _ = build_backbone("resnet10t", output_stride=16)
+    assert model(torch.rand(1, 3, 64, 64)).shape[-2:] == (4, 4)
+
+
+def test_unknown_backbone_is_named():
+    with pytest.raises(BackboneError, match="no_such_net"):
+        build_backbone("no_such_net")
+
+
+def test_backbone_without_output_stride_is_named():
+    with pytest.raises(BackboneError, match="mobilenetv3_small_050.*output_stride"):
+        build_backbone("mobilenetv3_small_050", output_stride=16)
+
+
+def test_safetensors_weights_are_loaded(tmp_path):
+    state = full_state("resnet10t", seed=1)
+    path = tmp_path / "r10.safetensors"
+    save_file(state, str(path))
+    torch.manual_seed(2)
+    fresh, _ = build_backbone("resnet10t")
+    loaded, _ = build_backbone("resnet10t", str(path))
+    key = "model.conv1.0.weight"
+    assert not torch.equal(fresh.state_dict()[key], state["conv1.0.weight"])
+    assert torch.equal(loaded.state_dict()[key], state["conv1.0.weight"])
+    assert all(torch.equal(v, state[k.removeprefix("model.")]) for k, v in loaded.state_dict().items())
+
+
+def test_pth_weights_load_with_weights_only(tmp_path):
+    state = full_state("resnet10t", seed=3)
+    path = tmp_path / "r10.pth"
+    torch.save({"state_dict": state}, path)
+    loaded, _ = build_backbone("resnet10t", str(path))
+    assert torch.equal(loaded.state_dict()["model.layer4.0.conv2.weight"], state["layer4.0.conv2.weight"])
+
+
+def test_pickled_object_is_refused(tmp_path):
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": full_state("resnet10t", 0), "extra": object()}, path)
+    with pytest.raises(BackboneError, match="weights_only"):
+        build_backbone("resnet10t", str(path))
+
+
+def test_mismatched_weights_name_file_and_backbone(tmp_path):
+    path = tmp_path / "resnet18.safetensors"
+    save_file(full_state("resnet18", 0), str(path))
+    with pytest.raises(BackboneError, match=r"resnet18\.safetensors.*'resnet10t'"):
+        build_backbone("resnet10t", str(path))
+
+
+def test_missing_keys_are_reported(tmp_path):
+    state = full_state("resnet10t", 0)
+    del state["layer1.0.bn1.weight"]
+    path = tmp_path / "partial.safetensors"
+    save_file(state, str(path))
+    with pytest.raises(BackboneError, match="missing keys.*layer1.0.bn1.weight"):
+        build_backbone("resnet10t", str(path))
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(BackboneError, match="nowhere.safetensors"):
+        build_backbone("resnet10t", str(tmp_path / "nowhere.safetensors"))
+
+
+def test_imagenet_normalize_values_and_no_saved_state():
+    norm = ImageNetNormalize()
+    x = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1) + torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    assert torch.allclose(norm(x), torch.ones(1, 3, 1, 1))
+    assert norm.state_dict() == {}
