@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from protobench import regions as R
 from protobench.contract import Explanation
@@ -33,13 +34,15 @@ def cv2_cubic_matrix(src: int, dst: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("grid, size", [((7, 7), (224, 224)), ((5, 3), (64, 40)), ((2, 2), (64, 64))])
-def test_upsample_is_opencv_bicubic(grid, size):
+def test_upsample_is_opencv_and_torch_bicubic(grid, size):
     maps = torch.rand(2, 3, *grid, generator=torch.Generator().manual_seed(0))
     expected = np.einsum("Hh,bphw,Ww->bpHW", cv2_cubic_matrix(grid[0], size[0]), maps.double().numpy(),
                          cv2_cubic_matrix(grid[1], size[1]))
     got = R.upsample(maps, size)
     assert got.shape == (2, 3, *size)
     np.testing.assert_allclose(got.numpy(), expected, atol=1e-5)
+    torch_bicubic = F.interpolate(maps, size=size, mode="bicubic", align_corners=False)
+    np.testing.assert_allclose(got.numpy(), torch_bicubic.numpy(), atol=1e-5)
 
 
 def test_half_size_is_36_at_224_and_scales_with_the_input():

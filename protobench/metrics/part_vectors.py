@@ -59,5 +59,5 @@ def pair_part_vectors(
 ) -> Tensor:
     """``bool[N, K]`` part vectors of the (image, prototype) ``pairs`` in one explained batch."""
     boxes = prototype_regions(model, explanation, image_size, pairs)
-    kp = keypoints.to(boxes.device)[pairs[:, 0]]
+    kp = keypoints.to(boxes.device)[pairs[:, 0].to(boxes.device)]
     return part_vectors(boxes[:, None, :], kp)[:, 0]

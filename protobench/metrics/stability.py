@@ -18,7 +18,7 @@ statistics, as the ProtoPNet family does.
 Named departures: the value is a fraction in [0, 1] (the official code prints a percentage); region size
 scales with the input size (:mod:`protobench.regions`); the noise of each image comes from its own generator,
 seeded from the run's seed and the image's dataset index, so that it does not depend on batching or sharding
-(the official code draws from the global CUDA generator); a prototype no image counts for is left out of the
+(the official code draws from torch's global CPU generator); a prototype no image counts for is left out of the
 mean (the official mean would be NaN) and reported as None.
 """
 
