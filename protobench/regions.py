@@ -9,7 +9,7 @@ computes it (github hqhQAQ/EvalProtoPNet, ``util/eval_interpretability.py``,
 1. the prototype's similarity map over the latent grid is upsampled to the image size with bicubic
    interpolation (``cv2.resize(..., interpolation=cv2.INTER_CUBIC)``: half-pixel centres, Keys' cubic
    kernel with a = -0.75, edge pixels replicated; the same operator as
-   ``F.interpolate(mode="bicubic", align_corners=False)``), here computed as OpenCV does, separably, rows
+   ``F.interpolate(mode="bicubic", align_corners=False)``), here computed as OpenCV does, separably, along x
    first, as two small matrix products (several times faster than ``F.interpolate`` on CPU);
 2. the first maximum of the upsampled map in row-major order is the centre (``np.where(map == map.max())``,
    first hit);
