@@ -8,6 +8,8 @@ from protobench.data.cub import build_cub
 from protobench.data.imagefolder import build_imagefolder
 from protobench.data.synthbirds import PAPER_OPTIONS, QUICK_OPTIONS, build_synthbirds
 from protobench.metrics.accuracy import ACCURACY
+from protobench.metrics.consistency import CONSISTENCY
+from protobench.metrics.stability import STABILITY
 
 
 @hookimpl
@@ -35,4 +37,4 @@ def protobench_datasets() -> list[DatasetSpec]:
 
 @hookimpl
 def protobench_metrics() -> list[MetricSpec]:
-    return [ACCURACY]
+    return [ACCURACY, CONSISTENCY, STABILITY]
