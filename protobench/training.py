@@ -17,8 +17,9 @@ The training split is shuffled by a seeded :class:`torch.Generator`; batches (it
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn

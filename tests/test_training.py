@@ -53,7 +53,10 @@ def ce(model, batch):
     return logits, {"ce": F.cross_entropy(logits, batch["label"]), "unused": logits.sum() * 0}
 
 
-def phase(name="p", epochs=1, groups=(ParamGroup("b", 0.1),), **kw):
+HEAD_ONLY = (ParamGroup("b", 0.1),)
+
+
+def phase(name="p", epochs=1, groups=HEAD_ONLY, **kw):
     return Phase(name=name, epochs=epochs, groups=groups, objective=ce, coefficients={"ce": 1.0}, **kw)
 
 
@@ -101,7 +104,7 @@ def test_only_the_phase_groups_train_and_flags_are_restored():
 
 def test_steps_run_in_order_between_phases():
     calls = []
-    record = lambda tag: Step(tag, lambda model, d, progress: calls.append((tag, type(model).__name__, len(d.push))))  # noqa: E731
+    record = lambda tag: Step(tag, lambda model, d, progress: calls.append((tag, type(model).__name__, len(d.push))))
     run_recipe(TwoLayers(), [record("s1"), phase(), record("s2")], data(), quiet, batch_size=4)
     assert calls == [("s1", "TwoLayers", 12), ("s2", "TwoLayers", 12)]
 
