@@ -1,0 +1,62 @@
+"""The black-box reference: a timm backbone, global average pooling and a linear head.
+
+It has no prototypes: ``prototype_classes`` is empty, ``explain`` returns similarity maps of shape
+``[B, 0, h, w]`` and no contributions, so prototype metrics report "not applicable" for it. It is
+trained with cross-entropy through the shared trainer (one phase, all parameters).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from protobench.backbones import ImageNetNormalize, build_backbone
+from protobench.contract import Explanation, Progress, PrototypeModel, TrainData
+from protobench.training import ParamGroup, Phase, StepSchedule, run_recipe
+
+
+class Baseline(PrototypeModel):
+    """``head(mean_hw(f(normalize(x))))``."""
+
+    def __init__(self, config: dict[str, Any]):
+        super().__init__()
+        self.config = dict(config)
+        self.num_classes = int(config["num_classes"])
+        self.input_size = (int(config["input_size"]),) * 2
+        self.normalize = ImageNetNormalize()
+        self.features, channels = build_backbone(config["backbone"], config.get("weights"),
+                                                 output_stride=config.get("output_stride"))
+        self.head = nn.Linear(channels, self.num_classes)
+        self.register_buffer("prototype_classes", torch.zeros(0, dtype=torch.long))
+
+    def explain(self, x: Tensor) -> Explanation:
+        fmap = self.features(self.normalize(x))
+        logits = self.head(fmap.mean(dim=(2, 3)))
+        return Explanation(logits=logits, similarities=fmap.new_zeros(len(x), 0, *fmap.shape[-2:]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(self.normalize(x)).mean(dim=(2, 3)))
+
+
+def cross_entropy_objective(model: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+    logits = model(batch["image"])
+    return logits, {"cross_entropy": F.cross_entropy(logits.float(), batch["label"])}
+
+
+def train(model: PrototypeModel, data: TrainData, config: dict[str, Any], progress: Progress) -> PrototypeModel:
+    """ModelSpec.train: Adam on cross-entropy, step decay of the learning rate."""
+    decay = config["weight_decay"]
+    phase = Phase(
+        name="train",
+        epochs=config["epochs"],
+        groups=(ParamGroup("features", config["lrs"]["features"], decay),
+                ParamGroup("head", config["lrs"]["head"], decay)),
+        objective=cross_entropy_objective,
+        coefficients={"cross_entropy": 1.0},
+        schedule=StepSchedule(config["lr_step_size"], config["lr_gamma"]),
+    )
+    run_recipe(model, [phase], data, progress, batch_size=config["batch_size"])
+    return model
