@@ -1,0 +1,121 @@
+"""synthbirds' class table: every class is a combination of per-part attributes.
+
+Four big parts (crown, wing, breast, tail) carry the four main palette colours, each class
+placing them in a different order, so that every bird shows the same colours in the same amounts
+and a global colour histogram says nothing about the class. Classes are enumerated in a fixed
+order, boldest differences first:
+
+1. the 24 arrangements of the main colours, each plain-winged and bar-winged (48 classes; a
+   plain/barred pair differs in the wing's pattern only);
+2. the 24 arrangements with a spotted wing (classes 49-72);
+3. the 72 classes of 1-2 again with a long beak, then with a forked tail, then with a crest (a
+   shape difference in one part), up to 288 classes.
+
+The first ``n`` classes of this order are the table of a dataset with ``n`` classes. The other
+parts (back, belly, nape, throat, beak, eye, legs) look the same in every class.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+#: The parts every bird is drawn from; part ``k`` is ``k + 1`` in a part map.
+PART_NAMES: tuple[str, ...] = (
+    "back", "beak", "belly", "breast", "crown", "eye", "legs", "nape", "tail", "throat", "wing",
+)
+
+#: Colours (RGB, 0-255) by name: the four main colours first, then the fixed ones.
+PALETTE: dict[str, tuple[int, int, int]] = {
+    "red": (215, 35, 35),
+    "blue": (35, 80, 215),
+    "yellow": (245, 205, 30),
+    "green": (30, 160, 55),
+    "slate": (90, 88, 95),
+    "cream": (228, 220, 198),
+    "grey": (150, 146, 140),
+    "white": (245, 245, 240),
+    "black": (22, 22, 22),
+    "brown": (120, 82, 48),
+    "orange": (235, 130, 30),
+}
+
+MAIN_COLOURS: tuple[str, ...] = ("red", "blue", "yellow", "green")
+COLOUR_PARTS: tuple[str, ...] = ("crown", "wing", "breast", "tail")
+PATTERN_COLOUR = "black"
+
+#: The shape each part may take; the first is the default.
+SHAPES: dict[str, tuple[str, ...]] = {
+    "beak": ("short", "long", "hooked"),
+    "tail": ("fan", "forked", "pointed"),
+    "crown": ("round", "crest"),
+}
+#: The patterns a part may carry; the first is the default.
+PATTERNS: dict[str, tuple[str, ...]] = {"wing": ("plain", "bars", "spots")}
+
+_FIXED_COLOURS = {
+    "back": "slate", "belly": "cream", "nape": "grey", "throat": "white",
+    "beak": "orange", "eye": "black", "legs": "brown",
+}
+_SHAPE_TIERS: tuple[tuple[str, str] | None, ...] = (None, ("beak", "long"), ("tail", "forked"), ("crown", "crest"))
+
+
+@dataclass(frozen=True)
+class PartAttributes:
+    """How one part of one class looks."""
+
+    colour: str
+    pattern: str = "plain"
+    shape: str = "default"
+
+
+@dataclass(frozen=True)
+class BirdClass:
+    """One class: its 0-based ``index``, a CUB-style ``name`` and ``parts`` (part name -> attributes)."""
+
+    index: int
+    name: str
+    parts: dict[str, PartAttributes] = field(hash=False)
+
+
+def _make_class(index: int, colours: tuple[str, ...], wing_pattern: str, tier: tuple[str, str] | None) -> BirdClass:
+    colour = {**_FIXED_COLOURS, **dict(zip(COLOUR_PARTS, colours))}
+    shape = {part: shapes[0] for part, shapes in SHAPES.items()}
+    words = [f"{c.capitalize()}_{p.capitalize()}" for p, c in zip(COLOUR_PARTS, colours)]
+    if wing_pattern != "plain":
+        words.append({"bars": "Barred_Wing", "spots": "Spotted_Wing"}[wing_pattern])
+    if tier is not None:
+        shape[tier[0]] = tier[1]
+        words.append(f"{tier[1].capitalize()}_{tier[0].capitalize()}")
+    parts = {
+        p: PartAttributes(colour[p], wing_pattern if p == "wing" else "plain", shape.get(p, "default"))
+        for p in PART_NAMES
+    }
+    return BirdClass(index=index, name="_".join(words), parts=parts)
+
+
+def _all_classes() -> list[BirdClass]:
+    arrangements = list(itertools.permutations(MAIN_COLOURS))
+    combos = [(a, pattern) for a in arrangements for pattern in ("plain", "bars")]
+    combos += [(a, "spots") for a in arrangements]
+    return [
+        _make_class(len(combos) * t + i, colours, pattern, tier)
+        for t, tier in enumerate(_SHAPE_TIERS)
+        for i, (colours, pattern) in enumerate(combos)
+    ]
+
+
+ALL_CLASSES: tuple[BirdClass, ...] = tuple(_all_classes())
+MAX_CLASSES = len(ALL_CLASSES)
+
+
+def classes(num_classes: int) -> list[BirdClass]:
+    """The first ``num_classes`` classes of the fixed enumeration."""
+    if not 1 <= num_classes <= MAX_CLASSES:
+        raise ValueError(f"num_classes must be in 1..{MAX_CLASSES}, got {num_classes}")
+    return list(ALL_CLASSES[:num_classes])
+
+
+def differing_parts(a: BirdClass, b: BirdClass) -> tuple[str, ...]:
+    """The parts whose attributes differ between two classes (their part distance is its length)."""
+    return tuple(p for p in PART_NAMES if a.parts[p] != b.parts[p])
