@@ -34,7 +34,7 @@ class SynthBirdsConfig:
     """What a synthbirds dataset is made of; the defaults are the quick profile (64 px, 24 classes).
 
     Per class, ``round(images_per_class * test_fraction)`` images are test images and the rest
-    train images. The nuisance ranges: bird scale (1 = about two thirds of the image width),
+    train images. The nuisance ranges: bird scale (1 = about 70% of the image width),
     rotation in degrees, centre shift as a fraction of the image, horizontal flip, the number of
     background objects, the chance of a twig in front of the bird, lighting strength (0 = flat).
     """

@@ -29,7 +29,7 @@ Z_ORDER: tuple[str, ...] = (
 _HEAD = (0.58, -0.42, 0.32)  # head circle: centre x, centre y, radius
 _TAIL_BASE, _TAIL_DIR = np.array([-0.42, 0.14]), np.array([-0.97, 0.26]) / np.hypot(-0.97, 0.26)
 _BIRD_CENTRE = (0.05, 0.05)  # the point of the bird's frame placed near the image centre
-_UNITS_PER_IMAGE = 0.30  # image widths per unit of the bird's frame at scale 1
+_UNITS_PER_IMAGE = 0.32  # image widths per unit of the bird's frame at scale 1
 _OBJECT_KINDS = ("stone", "leaf", "box", "triangle")
 _OBJECT_COLOURS = MAIN_COLOURS + ("slate", "cream", "brown", "orange", "white")
 _TWIG = "twig"
@@ -37,7 +37,7 @@ _TWIG = "twig"
 
 @dataclass(frozen=True)
 class Pose:
-    """Where the bird sits: ``centre`` (image fractions), ``scale`` (1 = bird about 66% of the width),
+    """Where the bird sits: ``centre`` (image fractions), ``scale`` (1 = bird about 70% of the width),
     ``angle`` (radians, clockwise on screen) and ``flip`` (facing left)."""
 
     centre: tuple[float, float]
@@ -98,7 +98,7 @@ def sample_scene(rng: np.random.Generator, nuisance: Nuisance) -> Scene:
         kind = _OBJECT_KINDS[rng.integers(len(_OBJECT_KINDS))]
         colour = np.array(PALETTE[_OBJECT_COLOURS[rng.integers(len(_OBJECT_COLOURS))]]) / 255.0
         objects.append(SceneObject(kind, tuple(colour), tuple(rng.uniform(0.05, 0.95, 2)),
-                                   tuple(rng.uniform(0.05, 0.16, 2)), float(rng.uniform(0, np.pi))))
+                                   tuple(rng.uniform(0.04, 0.12, 2)), float(rng.uniform(0, np.pi))))
     twig = rng.random() < nuisance.occluder_probability
     twig_params = (rng.uniform(0.3, 0.7, 2), rng.uniform(0.012, 0.022), rng.uniform(0, np.pi))
     if twig:
