@@ -29,8 +29,10 @@ def main() -> None:
     seconds = time.perf_counter() - start
     rate = len(ds) / seconds
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    print(f"{len(ds)} images at {args.resolution} px in {seconds:.2f} s on {cores} cores: {rate:.0f} images/s")
-    print(f"projected time for 10,000 images at {args.resolution} px: {10_000 / rate:.1f} s (target < 60 s at 128 px)")
+    print(f"{len(ds)} images at {args.resolution} px in {seconds:.2f} s on {cores} cores: "
+          f"{rate:.0f} images/s")
+    print(f"projected time for 10,000 images at {args.resolution} px: {10_000 / rate:.1f} s "
+          "(target: under 60 s at 128 px)")
 
 
 if __name__ == "__main__":

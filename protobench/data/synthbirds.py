@@ -15,9 +15,10 @@ import dataclasses
 import multiprocessing
 import os
 import weakref
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -61,8 +62,8 @@ class SynthBirdsConfig:
         if not 0.0 < self.test_fraction < 1.0:
             problems.append(f"test_fraction must be in (0, 1), got {self.test_fraction}")
         elif min(self.per_class("train"), self.per_class("test")) < 1:
-            problems.append(f"images_per_class={self.images_per_class} with test_fraction={self.test_fraction} "
-                            "leaves a split without images")
+            problems.append(f"images_per_class={self.images_per_class} with "
+                            f"test_fraction={self.test_fraction} leaves a split without images")
         if self.resolution < 16:
             problems.append(f"resolution must be at least 16, got {self.resolution}")
         if self.seed < 0:
@@ -70,7 +71,7 @@ class SynthBirdsConfig:
         if len(self.scale_range) != 2 or not 0 < self.scale_range[0] <= self.scale_range[1]:
             problems.append(f"scale_range must be (low, high) with 0 < low <= high, got {self.scale_range}")
         if len(self.clutter_range) != 2 or not 0 <= self.clutter_range[0] <= self.clutter_range[1]:
-            problems.append(f"clutter_range must be (low, high) with 0 <= low <= high, got {self.clutter_range}")
+            problems.append(f"clutter_range must be (low, high), 0 <= low <= high, got {self.clutter_range}")
         if not 0.0 <= self.occluder_probability <= 1.0:
             problems.append(f"occluder_probability must be in [0, 1], got {self.occluder_probability}")
         if problems:
@@ -90,9 +91,13 @@ class SynthBirdsConfig:
 
 
 #: The quick profile: 64 px, 24 classes, 105 train and 45 test images per class (2,520 / 1,080).
-QUICK_OPTIONS: dict[str, Any] = {"num_classes": 24, "images_per_class": 150, "test_fraction": 0.3, "resolution": 64}
+QUICK_OPTIONS: dict[str, Any] = {
+    "num_classes": 24, "images_per_class": 150, "test_fraction": 0.3, "resolution": 64,
+}
 #: The paper profile: CUB-like, 200 classes at 224 px, 30 train and 30 test images per class.
-PAPER_OPTIONS: dict[str, Any] = {"num_classes": 200, "images_per_class": 60, "test_fraction": 0.5, "resolution": 224}
+PAPER_OPTIONS: dict[str, Any] = {
+    "num_classes": 200, "images_per_class": 60, "test_fraction": 0.5, "resolution": 224,
+}
 
 _CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(SynthBirdsConfig))
 _BUILD_OPTIONS = _CONFIG_FIELDS | {"workers"}
@@ -125,14 +130,15 @@ def render_image(config: SynthBirdsConfig, split: str, index: int, removed_parts
     if unknown:
         raise ValueError(f"unknown parts {unknown}; parts are {PART_NAMES}")
     if not 0 <= index < config.split_size(split):
-        raise IndexError(f"index {index} out of range for the {split} split of {config.split_size(split)} images")
+        raise IndexError(f"index {index} out of range for {config.split_size(split)} {split} images")
     rng = np.random.default_rng([config.seed, SPLITS.index(split), index])
     scene = sample_scene(rng, config.nuisance)
     bird = classes(config.num_classes)[index % config.num_classes]
     return render(scene, bird, config.resolution, removed_parts, frozenset(removed_objects))
 
 
-def _render_arrays(job: tuple[SynthBirdsConfig, str, Sequence[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _render_arrays(job: tuple[SynthBirdsConfig, str, Sequence[int]]) -> tuple[np.ndarray, ...]:
+    """Images, keypoints and boxes of some images of a split."""
     config, split, indices = job
     out = [render_image(config, split, i) for i in indices]
     return (np.stack([r.image for r in out]), np.stack([r.keypoints for r in out]),
@@ -203,7 +209,8 @@ class SynthBirds(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self._data.images)
 
-    def _item(self, index: int, image: torch.Tensor, keypoints: torch.Tensor, bbox: torch.Tensor) -> dict[str, Any]:
+    def _item(self, index: int, image: torch.Tensor, keypoints: torch.Tensor,
+              bbox: torch.Tensor) -> dict[str, Any]:
         item = {"image": image.float() / 255.0, "label": int(self.labels[index]), "index": index,
                 "keypoints": keypoints.clone(), "bbox": bbox.clone()}
         return self.transform(item) if self.transform is not None else item
@@ -214,12 +221,14 @@ class SynthBirds(torch.utils.data.Dataset):
         d = self._data
         return self._item(index, d.images[index], d.keypoints[index], d.bboxes[index])
 
-    def render(self, index: int, removed_parts: Iterable[str] = (), removed_objects: Iterable[int] = ()) -> Rendering:
+    def render(self, index: int, removed_parts: Iterable[str] = (),
+               removed_objects: Iterable[int] = ()) -> Rendering:
         """Image ``index`` with its part map and object map, leaving out the named parts and objects."""
         return render_image(self.config, self.split, index, removed_parts, removed_objects)
 
-    def render_without(self, index: int, parts: Iterable[str] = (), objects: Iterable[int] = ()) -> dict[str, Any]:
-        """The item ``self[index]`` re-rendered without ``parts`` (names) and background ``objects`` (indices)."""
+    def render_without(self, index: int, parts: Iterable[str] = (),
+                       objects: Iterable[int] = ()) -> dict[str, Any]:
+        """The item ``self[index]`` re-rendered without ``parts`` (names) and ``objects`` (indices)."""
         r = self.render(index, parts, objects)
         return self._item(index, torch.from_numpy(r.image).permute(2, 0, 1), torch.from_numpy(r.keypoints),
                           torch.from_numpy(r.bbox))

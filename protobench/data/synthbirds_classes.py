@@ -57,7 +57,9 @@ _FIXED_COLOURS = {
     "back": "slate", "belly": "cream", "nape": "grey", "throat": "white",
     "beak": "orange", "eye": "black", "legs": "brown",
 }
-_SHAPE_TIERS: tuple[tuple[str, str] | None, ...] = (None, ("beak", "long"), ("tail", "forked"), ("crown", "crest"))
+_SHAPE_TIERS: tuple[tuple[str, str] | None, ...] = (
+    None, ("beak", "long"), ("tail", "forked"), ("crown", "crest"),
+)
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,8 @@ class BirdClass:
     parts: dict[str, PartAttributes] = field(hash=False)
 
 
-def _make_class(index: int, colours: tuple[str, ...], wing_pattern: str, tier: tuple[str, str] | None) -> BirdClass:
+def _make_class(index: int, colours: tuple[str, ...], wing_pattern: str,
+                tier: tuple[str, str] | None) -> BirdClass:
     colour = {**_FIXED_COLOURS, **dict(zip(COLOUR_PARTS, colours))}
     shape = {part: shapes[0] for part, shapes in SHAPES.items()}
     words = [f"{c.capitalize()}_{p.capitalize()}" for p, c in zip(COLOUR_PARTS, colours)]

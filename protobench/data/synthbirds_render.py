@@ -13,6 +13,7 @@ spans about x in [-1.05, 1.15], y in [-0.75, 0.85].
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -27,12 +28,14 @@ Z_ORDER: tuple[str, ...] = (
     "tail", "legs", "back", "belly", "breast", "wing", "beak", "nape", "throat", "crown", "eye",
 )
 _HEAD = (0.58, -0.42, 0.32)  # head circle: centre x, centre y, radius
-_TAIL_BASE, _TAIL_DIR = np.array([-0.42, 0.14]), np.array([-0.97, 0.26]) / np.hypot(-0.97, 0.26)
+_TAIL_BASE = (-0.42, 0.14)
+_TAIL_DIR = (-math.cos(math.radians(15)), math.sin(math.radians(15)))  # backwards, 15 degrees down
 _BIRD_CENTRE = (0.05, 0.05)  # the point of the bird's frame placed near the image centre
 _UNITS_PER_IMAGE = 0.32  # image widths per unit of the bird's frame at scale 1
 _OBJECT_KINDS = ("stone", "leaf", "box", "triangle")
 _OBJECT_COLOURS = MAIN_COLOURS + ("slate", "cream", "brown", "orange", "white")
 _TWIG = "twig"
+_TWIG_COLOUR = tuple(0.8 * c / 255.0 for c in PALETTE["brown"])
 
 
 @dataclass(frozen=True)
@@ -84,32 +87,37 @@ class Nuisance:
     lighting: float = 1.0
 
 
+def _floats(values: np.ndarray) -> tuple[float, ...]:
+    return tuple(float(v) for v in values)
+
+
 def sample_scene(rng: np.random.Generator, nuisance: Nuisance) -> Scene:
     """Draw one scene; the order of draws is fixed so that a scene is a function of the generator."""
     flip = bool(rng.random() < 0.5) and nuisance.flip
     scale = float(rng.uniform(*nuisance.scale_range))
-    angle = float(np.deg2rad(rng.uniform(-1, 1) * nuisance.max_rotation))
-    centre = tuple(0.5 + rng.uniform(-1, 1, 2) * nuisance.max_shift)
-    colours = rng.uniform(0.1, 0.95, (2, 3))
+    angle = math.radians(rng.uniform(-1, 1) * nuisance.max_rotation)
+    centre = _floats(0.5 + rng.uniform(-1, 1, 2) * nuisance.max_shift)
+    colours = rng.uniform(0.1, 0.95, (2, 3)).astype(np.float32)
     coarse, fine = rng.random((5, 5)), rng.random((17, 17))
     n_objects = int(rng.integers(nuisance.clutter_range[0], nuisance.clutter_range[1] + 1))
     objects = []
     for _ in range(n_objects):
         kind = _OBJECT_KINDS[rng.integers(len(_OBJECT_KINDS))]
-        colour = np.array(PALETTE[_OBJECT_COLOURS[rng.integers(len(_OBJECT_COLOURS))]]) / 255.0
-        objects.append(SceneObject(kind, tuple(colour), tuple(rng.uniform(0.05, 0.95, 2)),
-                                   tuple(rng.uniform(0.04, 0.12, 2)), float(rng.uniform(0, np.pi))))
+        colour = _floats(np.array(PALETTE[_OBJECT_COLOURS[rng.integers(len(_OBJECT_COLOURS))]]) / 255.0)
+        objects.append(SceneObject(kind, colour, _floats(rng.uniform(0.05, 0.95, 2)),
+                                   _floats(rng.uniform(0.04, 0.12, 2)), float(rng.uniform(0, np.pi))))
     twig = rng.random() < nuisance.occluder_probability
-    twig_params = (rng.uniform(0.3, 0.7, 2), rng.uniform(0.012, 0.022), rng.uniform(0, np.pi))
+    # drawn with or without a twig, so that the lighting does not depend on whether there is one
+    twig_centre, twig_width = _floats(rng.uniform(0.3, 0.7, 2)), float(rng.uniform(0.012, 0.022))
+    twig_angle = float(rng.uniform(0, np.pi))
     if twig:
-        brown = np.array(PALETTE["brown"]) / 255.0 * 0.8
-        objects.append(SceneObject(_TWIG, tuple(brown), tuple(twig_params[0]), (0.6, twig_params[1]),
-                                   float(twig_params[2])))
-    gain = 1.0 + nuisance.lighting * rng.uniform(-0.25, 0.15)
-    gradient = nuisance.lighting * rng.uniform(0.0, 0.35)
-    light = (float(gain), float(gradient), float(rng.uniform(0, 2 * np.pi)),
-             1.0 + nuisance.lighting * rng.uniform(-0.07, 0.07, 3))
-    return Scene(Pose(centre, scale, angle, flip), (colours[0], colours[1], coarse, fine), tuple(objects), light)
+        objects.append(SceneObject(_TWIG, _TWIG_COLOUR, twig_centre, (0.6, twig_width), twig_angle))
+    gain = 1.0 + nuisance.lighting * float(rng.uniform(-0.25, 0.15))
+    gradient = nuisance.lighting * float(rng.uniform(0.0, 0.35))
+    light = (gain, gradient, float(rng.uniform(0, 2 * np.pi)),
+             (1.0 + nuisance.lighting * rng.uniform(-0.07, 0.07, 3)).astype(np.float32))
+    background = (colours[0], colours[1], coarse, fine)
+    return Scene(Pose(centre, scale, angle, flip), background, tuple(objects), light)
 
 
 @lru_cache(maxsize=8)
@@ -137,15 +145,18 @@ def _upsample(noise: np.ndarray, resolution: int) -> np.ndarray:
     return w @ noise.astype(np.float32) @ w.T
 
 
-def _rotated(x: np.ndarray, y: np.ndarray, cx: float, cy: float, angle: float) -> tuple[np.ndarray, np.ndarray]:
+def _rotated(x: np.ndarray, y: np.ndarray, cx: float, cy: float,
+             angle: float) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) relative to (cx, cy), in axes turned by ``angle``."""
     dx, dy = x - cx, y - cy
     if angle == 0.0:
         return dx, dy
-    c, s = np.cos(angle), np.sin(angle)
+    c, s = math.cos(angle), math.sin(angle)
     return c * dx + s * dy, -s * dx + c * dy
 
 
-def _ellipse(x: np.ndarray, y: np.ndarray, cx: float, cy: float, rx: float, ry: float, angle: float = 0.0) -> Mask:
+def _ellipse(x: np.ndarray, y: np.ndarray, cx: float, cy: float, rx: float, ry: float,
+             angle: float = 0.0) -> Mask:
     u, v = _rotated(x, y, cx, cy, angle)
     return (u / rx) ** 2 + (v / ry) ** 2 <= 1.0
 
@@ -160,7 +171,9 @@ def _polygon(x: np.ndarray, y: np.ndarray, points: list[tuple[float, float]]) ->
     return inside
 
 
-def _capsule(x: np.ndarray, y: np.ndarray, a: tuple[float, float], b: tuple[float, float], radius: float) -> Mask:
+def _capsule(x: np.ndarray, y: np.ndarray, a: tuple[float, float], b: tuple[float, float],
+             radius: float) -> Mask:
+    """Within ``radius`` of the segment a-b."""
     dx, dy = b[0] - a[0], b[1] - a[1]
     t = np.clip(((x - a[0]) * dx + (y - a[1]) * dy) / (dx * dx + dy * dy), 0.0, 1.0)
     return (x - a[0] - t * dx) ** 2 + (y - a[1] - t * dy) ** 2 <= radius * radius
@@ -191,12 +204,15 @@ def part_masks(x: np.ndarray, y: np.ndarray, bird: BirdClass) -> dict[str, Mask]
     tail = (u > 0) & (u < length) & (np.abs(v) < w0 + (w1 - w0) * u / length)
     if tail_shape == "forked":
         tail &= u < length - 0.22 * (1 - np.abs(v) / w1)
-    beak_tip = {"short": (hx + 0.55, hy + 0.03), "long": (hx + 0.78, hy + 0.05), "hooked": (hx + 0.52, hy + 0.1)}
+    beak_tip = {
+        "short": (hx + 0.55, hy + 0.03), "long": (hx + 0.78, hy + 0.05), "hooked": (hx + 0.52, hy + 0.1),
+    }
     beak = _polygon(x, y, [(hx + 0.2, hy - 0.1), (hx + 0.2, hy + 0.1), beak_tip[shape["beak"]]])
     if shape["beak"] == "hooked":
         beak |= _polygon(x, y, [(hx + 0.4, hy - 0.05), (hx + 0.45, hy + 0.07), (hx + 0.56, hy + 0.16)])
     legs = (_capsule(x, y, (0.02, 0.3), (0.0, 0.8), 0.04) | _capsule(x, y, (0.2, 0.3), (0.19, 0.78), 0.04)
-            | _capsule(x, y, (-0.04, 0.8), (0.1, 0.8), 0.03) | _capsule(x, y, (0.13, 0.78), (0.27, 0.78), 0.03))
+            | _capsule(x, y, (-0.04, 0.8), (0.1, 0.8), 0.03)
+            | _capsule(x, y, (0.13, 0.78), (0.27, 0.78), 0.03))
     return {
         "tail": tail,
         "legs": legs,
@@ -222,7 +238,7 @@ KEYPOINTS_LOCAL: dict[str, tuple[float, float]] = {
     "eye": (_HEAD[0] + 0.13, _HEAD[1] - 0.06),
     "legs": (0.01, 0.6),
     "nape": (0.3, -0.32),
-    "tail": tuple(_TAIL_BASE + 0.3 * _TAIL_DIR),
+    "tail": (_TAIL_BASE[0] + 0.3 * _TAIL_DIR[0], _TAIL_BASE[1] + 0.3 * _TAIL_DIR[1]),
     "throat": (_HEAD[0] + 0.05, _HEAD[1] + 0.22),
     "wing": (-0.16, 0.03),
 }
@@ -246,11 +262,9 @@ def _object_mask(x: np.ndarray, y: np.ndarray, obj: SceneObject) -> Mask:
     if obj.kind == "leaf":
         return _ellipse(x, y, cx, cy, sx * 1.4, sy * 0.45, obj.angle)
     u, v = _rotated(x, y, cx, cy, obj.angle)
-    if obj.kind == "box":
-        return (np.abs(u) < sx) & (np.abs(v) < sy)
     if obj.kind == "triangle":
         return _polygon(u, v, [(0.0, -sy), (-sx, sy), (sx, sy)])
-    return (np.abs(u) < sx) & (np.abs(v) < sy)  # the twig: a long thin bar
+    return (np.abs(u) < sx) & (np.abs(v) < sy)  # a box, or the twig: a long thin box
 
 
 def to_bird_frame(pose: Pose, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -321,18 +335,19 @@ def render(scene: Scene, bird: BirdClass, resolution: int, removed_parts: frozen
 
     c1, c2, coarse, fine = scene.background
     t = 0.7 * _upsample(coarse, resolution) + 0.3 * _upsample(fine, resolution)
-    image = c1.astype(np.float32) + t[..., None] * (c2 - c1).astype(np.float32)
+    image = c1 + t[..., None] * (c2 - c1)
     drawn = labels > 0
     image[drawn] = lut[colour_labels[drawn]]
     gain, gradient, direction, tint = scene.light
-    light = gain * (1 + gradient * ((x - 0.5) * np.cos(direction) + (y - 0.5) * np.sin(direction)))
-    image *= light[..., None] * tint.astype(np.float32)
+    light = gain * (1 + gradient * ((x - 0.5) * math.cos(direction) + (y - 0.5) * math.sin(direction)))
+    image *= light[..., None] * tint
     image = (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
 
     part_map = np.where(labels <= k, labels, 0).astype(np.uint8)
     object_map = np.where(labels > k, labels - k, 0).astype(np.uint8)
-    return Rendering(image, part_map, object_map, _keypoints(scene.pose, part_map, resolution), _bbox(part_map),
-                     bird.index, tuple(o.kind for o in scene.objects))
+    keypoints = _keypoints(scene.pose, part_map, resolution)
+    return Rendering(image, part_map, object_map, keypoints, _bbox(part_map), bird.index,
+                     tuple(o.kind for o in scene.objects))
 
 
 def _keypoints(pose: Pose, part_map: np.ndarray, resolution: int) -> np.ndarray:
