@@ -1,0 +1,84 @@
+"""Certified robust accuracy, for models that give a certified margin (DESIGN.md, "PrototypeModel" and "Metrics").
+
+The contract's optional model method ``certified_margin(x, y) -> Tensor[B]`` returns, per image, a radius
+within which the model's prediction provably does not change (families with a robustness guarantee, such
+as deep CBC). An image is certified at epsilon when it is classified correctly and its margin is at least
+epsilon; certified robust accuracy is the fraction of certified test images (Cohen, Rosenfeld and Kolter,
+"Certified Adversarial Robustness via Randomized Smoothing", ICML 2019, Sec. 4: "certified test set accuracy
+at radius r", the fraction of the test set classified correctly and certified with a radius R >= r).
+
+The value is certified accuracy at the largest epsilon, 8/255 (the standard budget); the detail holds every epsilon of
+:data:`protobench.metrics.adversarial.EPSILONS`, the clean accuracy and the mean margin of the correct
+images. The epsilons are compared with the margin in the norm the family certifies (the contract leaves the
+norm to the family; in pixel space [0, 1], as the attacks). A model without the method gets "not
+applicable" from the harness (``needs={"certified_margin"}``), never 0.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torchmetrics
+
+from protobench.contract import EvalContext, Explanation, MetricResult, MetricSpec, PrototypeModel
+from protobench.metrics.adversarial import EPSILONS, eps_name
+
+PAPER = ("certified robust accuracy (correct and certified_margin >= eps): Cohen, Rosenfeld, Kolter, ICML 2019, "
+         "Sec. 4 (certified test set accuracy at radius r)")
+
+
+class CertifiedAccuracy(torchmetrics.Metric):
+    """Streaming counts of correct images whose certified margin reaches each epsilon."""
+
+    full_state_update = False
+
+    def __init__(self, model: PrototypeModel, epsilons: tuple[float, ...] = EPSILONS):
+        super().__init__()
+        self.__dict__["model"] = model  # outside the module tree: the metric's .to() and state_dict skip it
+        self.epsilons = tuple(sorted(epsilons))
+        self.add_state("certified", torch.zeros(len(self.epsilons), dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("correct", torch.tensor(0), dist_reduce_fx="sum")
+        self.add_state("total", torch.tensor(0), dist_reduce_fx="sum")
+        self.add_state("margin_sum", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, batch: dict[str, Any], explanation: Explanation) -> None:
+        logits = explanation.logits
+        labels = batch["label"].to(logits.device)
+        with torch.no_grad():
+            margin = self.model.certified_margin(batch["image"].to(logits.device), labels).to(logits.device).float()
+        correct = logits.argmax(dim=1) == labels
+        eps = torch.tensor(self.epsilons, device=logits.device, dtype=margin.dtype)
+        self.certified += (correct[:, None] & (margin[:, None] >= eps[None])).sum(dim=0)
+        self.correct += correct.sum()
+        self.total += len(labels)
+        self.margin_sum += margin[correct].double().sum()
+
+    def compute(self) -> MetricResult:
+        total = int(self.total)
+        if total == 0:
+            raise ValueError("certified accuracy over an empty test split")
+        accuracy = {eps_name(e): float(c) / total for e, c in zip(self.epsilons, self.certified.tolist())}
+        return MetricResult(
+            value=float(self.certified[-1]) / total,
+            detail={
+                "epsilon": self.epsilons[-1],
+                "per_epsilon": accuracy,
+                "images": total,
+                "clean_accuracy": float(self.correct) / total,
+                "mean_margin_correct": float(self.margin_sum) / int(self.correct) if int(self.correct) else None,
+            },
+        )
+
+
+def _certified(model: PrototypeModel, context: EvalContext) -> CertifiedAccuracy:
+    return CertifiedAccuracy(model)
+
+
+CERTIFIED_ACCURACY = MetricSpec(
+    name="certified_accuracy",
+    compute=_certified,
+    higher_is_better=True,
+    needs=frozenset({"certified_margin"}),
+    paper=PAPER,
+)
