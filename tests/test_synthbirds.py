@@ -21,7 +21,8 @@ from protobench.data.synthbirds import (
     render_image,
     write_cub_layout,
 )
-from protobench.data.synthbirds_classes import COLOUR_PARTS, MAIN_COLOURS, differing_parts
+from protobench.data.synthbirds_classes import COLOUR_PARTS, MAIN_COLOURS, MAX_CLASSES, differing_parts
+from protobench.data.synthbirds_render import render, sample_scene
 from protobench.data.transforms import Resize
 
 SMALL = {"num_classes": 6, "images_per_class": 6, "test_fraction": 0.5, "resolution": 48}
@@ -160,6 +161,21 @@ def test_classes_are_part_attribute_tables_with_one_part_differences():
     shapes = {(p, c.parts[p].shape) for c in big for p in ("beak", "tail")}
     assert {("beak", "long"), ("tail", "forked")} <= shapes
     assert [c.name for c in big[:24]] == [c.name for c in table]
+
+
+def test_classes_one_part_apart_differ_in_that_part_only():
+    scene = sample_scene(np.random.default_rng(3), SynthBirdsConfig().nuisance)
+    table = class_table(SynthBirdsConfig(num_classes=MAX_CLASSES))
+    base = render(scene, table[0], 96)
+    variants = [c for c in table if len(differing_parts(table[0], c)) == 1]
+    assert {differing_parts(table[0], c)[0] for c in variants} == {"wing", "beak", "tail", "crown"}
+    for variant in variants:
+        (part,) = differing_parts(table[0], variant)
+        other = render(scene, variant, 96)
+        k = PART_NAMES.index(part) + 1
+        changed = (other.image != base.image).any(-1)
+        assert changed.any()
+        assert ((base.part_map == k) | (other.part_map == k))[changed].all(), variant.name
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,8 @@
 
 Every class places the same palette colours on different big parts (see
 :mod:`protobench.data.synthbirds_classes`), so classes are told apart by which colour or pattern
-sits on which part, never by global colour. Each image comes with part keypoints, a bounding box
+sits on which part, not by global colour (a linear model on global colour histograms scores about
+8% on the 24 default classes; tests/test_synthbirds.py). Each image comes with part keypoints, a bounding box
 and, on request (:meth:`SynthBirds.render`), its per-pixel part map and background-object map,
 and can be re-rendered with chosen parts or objects left out (faithfulness ground truth). Image
 ``i`` of a split is drawn from a generator seeded with ``(seed, split, i)``, so any image can be
@@ -24,8 +25,21 @@ import numpy as np
 import torch
 from PIL import Image
 
-from protobench.data.synthbirds_classes import MAX_CLASSES, PART_NAMES, BirdClass, classes
+from protobench.data.synthbirds_classes import (
+    MAX_CLASSES,
+    PART_NAMES,
+    BirdClass,
+    PartAttributes,
+    classes,
+    differing_parts,
+)
 from protobench.data.synthbirds_render import Nuisance, Rendering, render, sample_scene
+
+__all__ = [
+    "PAPER_OPTIONS", "PART_NAMES", "QUICK_OPTIONS", "BirdClass", "PartAttributes", "Rendering",
+    "SynthBirds", "SynthBirdsConfig", "build_synthbirds", "class_table", "differing_parts", "render_image",
+    "write_cub_layout",
+]
 
 SPLITS = ("train", "test")
 

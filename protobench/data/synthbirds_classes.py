@@ -1,15 +1,15 @@
 """synthbirds' class table: every class is a combination of per-part attributes.
 
 Four big parts (crown, wing, breast, tail) carry the four main palette colours, each class
-placing them in a different order, so that every bird shows the same colours in the same amounts
-and a global colour histogram says nothing about the class. Classes are enumerated in a fixed
-order, boldest differences first:
+placing them in a different order, so that every bird shows the same colours in about the same
+amounts and a global colour histogram tells little more than the wing's pattern. Classes are
+enumerated in a fixed order, boldest differences first:
 
 1. the 24 arrangements of the main colours, each plain-winged and bar-winged (48 classes; a
    plain/barred pair differs in the wing's pattern only);
 2. the 24 arrangements with a spotted wing (classes 49-72);
-3. the 72 classes of 1-2 again with a long beak, then with a forked tail, then with a crest (a
-   shape difference in one part), up to 288 classes.
+3. the 72 classes of 1-2 again with one part's shape changed: a long beak, a forked tail, a
+   crest, a hooked beak, a pointed tail (up to 432 classes).
 
 The first ``n`` classes of this order are the table of a dataset with ``n`` classes. The other
 parts (back, belly, nape, throat, beak, eye, legs) look the same in every class.
@@ -58,7 +58,7 @@ _FIXED_COLOURS = {
     "beak": "orange", "eye": "black", "legs": "brown",
 }
 _SHAPE_TIERS: tuple[tuple[str, str] | None, ...] = (
-    None, ("beak", "long"), ("tail", "forked"), ("crown", "crest"),
+    None, ("beak", "long"), ("tail", "forked"), ("crown", "crest"), ("beak", "hooked"), ("tail", "pointed"),
 )
 
 
@@ -99,8 +99,9 @@ def _make_class(index: int, colours: tuple[str, ...], wing_pattern: str,
 
 def _all_classes() -> list[BirdClass]:
     arrangements = list(itertools.permutations(MAIN_COLOURS))
-    combos = [(a, pattern) for a in arrangements for pattern in ("plain", "bars")]
-    combos += [(a, "spots") for a in arrangements]
+    plain, bars, spots = PATTERNS["wing"]
+    combos = [(a, pattern) for a in arrangements for pattern in (plain, bars)]
+    combos += [(a, spots) for a in arrangements]
     return [
         _make_class(len(combos) * t + i, colours, pattern, tier)
         for t, tier in enumerate(_SHAPE_TIERS)

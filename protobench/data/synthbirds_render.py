@@ -207,10 +207,10 @@ def part_masks(x: np.ndarray, y: np.ndarray, bird: BirdClass) -> dict[str, Mask]
     beak_tip = {
         "short": (hx + 0.55, hy + 0.03), "long": (hx + 0.78, hy + 0.05), "hooked": (hx + 0.52, hy + 0.1),
     }
-    beak = _polygon(x, y, [(hx + 0.2, hy - 0.1), (hx + 0.2, hy + 0.1), beak_tip[shape["beak"]]])
+    beak = _polygon(x, y, [(hx + 0.2, hy - 0.13), (hx + 0.2, hy + 0.13), beak_tip[shape["beak"]]])
     if shape["beak"] == "hooked":
         beak |= _polygon(x, y, [(hx + 0.4, hy - 0.05), (hx + 0.45, hy + 0.07), (hx + 0.56, hy + 0.16)])
-    legs = (_capsule(x, y, (0.02, 0.3), (0.0, 0.8), 0.04) | _capsule(x, y, (0.2, 0.3), (0.19, 0.78), 0.04)
+    legs = (_capsule(x, y, (0.02, 0.3), (0.0, 0.8), 0.05) | _capsule(x, y, (0.2, 0.3), (0.19, 0.78), 0.05)
             | _capsule(x, y, (-0.04, 0.8), (0.1, 0.8), 0.03)
             | _capsule(x, y, (0.13, 0.78), (0.27, 0.78), 0.03))
     return {
@@ -228,20 +228,28 @@ def part_masks(x: np.ndarray, y: np.ndarray, bird: BirdClass) -> dict[str, Mask]
     }
 
 
-#: A point on each part's visible shape, in the bird's frame (the keypoint).
+#: A point on each part's visible shape, in the bird's frame (the keypoint), for the default shapes.
 KEYPOINTS_LOCAL: dict[str, tuple[float, float]] = {
-    "back": (0.12, -0.22),
-    "beak": (_HEAD[0] + 0.36, _HEAD[1] + 0.01),
+    "back": (0.04, -0.23),
+    "beak": (_HEAD[0] + 0.37, _HEAD[1] + 0.02),
     "belly": (-0.3, 0.38),
     "breast": (0.3, 0.28),
     "crown": (_HEAD[0] - 0.05, _HEAD[1] - 0.17),
     "eye": (_HEAD[0] + 0.13, _HEAD[1] - 0.06),
     "legs": (0.01, 0.6),
-    "nape": (0.3, -0.32),
+    "nape": (0.28, -0.27),
     "tail": (_TAIL_BASE[0] + 0.3 * _TAIL_DIR[0], _TAIL_BASE[1] + 0.3 * _TAIL_DIR[1]),
     "throat": (_HEAD[0] + 0.05, _HEAD[1] + 0.22),
     "wing": (-0.16, 0.03),
 }
+_SHAPE_KEYPOINTS: dict[tuple[str, str], tuple[float, float]] = {
+    ("beak", "hooked"): (_HEAD[0] + 0.37, _HEAD[1] + 0.06),
+}
+
+
+def keypoint_local(bird: BirdClass, part: str) -> tuple[float, float]:
+    """``part``'s keypoint in the bird's frame: a point well inside its visible shape."""
+    return _SHAPE_KEYPOINTS.get((part, bird.parts[part].shape), KEYPOINTS_LOCAL[part])
 
 
 def _pattern(x: np.ndarray, y: np.ndarray, pattern: str) -> Mask:
@@ -345,13 +353,13 @@ def render(scene: Scene, bird: BirdClass, resolution: int, removed_parts: frozen
 
     part_map = np.where(labels <= k, labels, 0).astype(np.uint8)
     object_map = np.where(labels > k, labels - k, 0).astype(np.uint8)
-    keypoints = _keypoints(scene.pose, part_map, resolution)
+    keypoints = _keypoints(scene.pose, bird, part_map, resolution)
     return Rendering(image, part_map, object_map, keypoints, _bbox(part_map), bird.index,
                      tuple(o.kind for o in scene.objects))
 
 
-def _keypoints(pose: Pose, part_map: np.ndarray, resolution: int) -> np.ndarray:
-    local = np.array([KEYPOINTS_LOCAL[p] for p in PART_NAMES])
+def _keypoints(pose: Pose, bird: BirdClass, part_map: np.ndarray, resolution: int) -> np.ndarray:
+    local = np.array([keypoint_local(bird, p) for p in PART_NAMES])
     fx, fy = from_bird_frame(pose, local[:, 0], local[:, 1])
     kx, ky = np.round(fx * resolution - 0.5, 2), np.round(fy * resolution - 0.5, 2)
     col, row = np.round(kx).astype(int), np.round(ky).astype(int)
