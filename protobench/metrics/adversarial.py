@@ -4,7 +4,7 @@ Images are in ``[0, 1]`` before the model's own normalisation (protobench.contra
 bound on pixel values; adversarial images are kept in ``[0, 1]``. Both attacks maximise the cross-entropy
 of the true label:
 
-* PGD (Madry et al., "Towards Deep Learning Models Resistant to Adversarial Attacks", ICLR 2018, Sec. 2,
+* PGD (Madry et al., "Towards Deep Learning Models Resistant to Adversarial Attacks", ICLR 2018, Sec. 2.1,
   eq. for x^{t+1}): ``x_{t+1} = Proj_{B_inf(x, eps) & [0,1]}(x_t + alpha * sign(grad_x L(x_t, y)))`` for
   :data:`PGD_STEPS` steps of size ``alpha = eps * PGD_STEP_FRACTION`` from a uniform random start in the ball;
   the same iteration as ``torchattacks.PGD`` (random start, ascent step, projection, clip).
@@ -14,7 +14,7 @@ of the true label:
 The metric ``<attack>_eps<k>`` (epsilon k/255) is robust accuracy: the fraction of test images classified
 correctly on the clean image and on its adversarial image. Only clean-correct images are attacked: the clean
 image lies in the ball, so a clean mistake is already a robustness failure (the convention of AutoAttack,
-Croce and Hein, ICML 2020, Sec. 5, and RobustBench), and the clean logits come free from the shared pass.
+Croce and Hein, ICML 2020, and RobustBench), and the clean logits come free from the shared pass.
 
 Named departures from ``torchattacks`` (which the tests check these attacks against, where it is installed):
 the random start of each image comes from its own generator seeded by the run's seed and the image's
@@ -51,12 +51,12 @@ PGD_STEP_FRACTION = 0.25
 #: PGD starts from a uniform random point of the eps-ball: Madry et al., ICLR 2018, Sec. 3 ("random
 #: restarts" of PGD from random points in the ball), ``torchattacks.PGD``'s default (``random_start=True``).
 PGD_RANDOM_START = True
-#: AutoAttack's budget and version: Croce and Hein, ICML 2020, Sec. 5 ("standard": APGD-CE, APGD-T, FAB-T,
-#: Square with 5000 queries) at the L-inf budget 8/255 of their CIFAR-10 leaderboard.
+#: AutoAttack's budget and version: Croce and Hein, ICML 2020, the "standard" ensemble (APGD-CE, APGD-T, FAB-T,
+#: Square with 5000 queries) at the L-inf budget 8/255 of their CIFAR-10 evaluation.
 AUTOATTACK_EPS = 8 / 255
 AUTOATTACK_VERSION = "standard"
-#: Target classes of AutoAttack's targeted attacks (APGD-T, FAB-T): 9 in Croce and Hein, Sec. 5; torchattacks
-#: targets ``n_classes - 1`` classes, so it is given ``min(num_classes, AUTOATTACK_TARGETS + 1)``.
+#: Target classes of AutoAttack's targeted attacks (APGD-T, FAB-T): 9 in Croce and Hein's standard version
+#: (their code, fra31/auto-attack: ``n_target_classes = 9``); torchattacks targets ``n_classes - 1`` classes, so it is given ``min(num_classes, AUTOATTACK_TARGETS + 1)``.
 AUTOATTACK_TARGETS = 9
 
 _PGD_STREAM = 1  # noise streams: which random draw of an image a seed is for (see uniform_noise)
@@ -106,7 +106,7 @@ def ascend(
     """Projected sign-gradient ascent of ``objective`` in the L-inf ``eps``-ball around ``images`` within [0, 1].
 
     ``start`` is the initial perturbation (None: the clean images). Each step: ``x + alpha * sign(grad)``, then
-    projection onto the ball, then clipping to [0, 1] (Madry et al., ICLR 2018, Sec. 2; torchattacks.PGD).
+    projection onto the ball, then clipping to [0, 1] (Madry et al., ICLR 2018, Sec. 2.1; torchattacks.PGD).
     """
     images = images.detach()
     adv = images if start is None else (images + start.to(images)).clamp(0, 1)
@@ -219,7 +219,7 @@ _ATTACKS: dict[str, Callable[[RobustAccuracy, Tensor, Tensor, Tensor], Tensor]] 
 }
 
 _PAPERS = {
-    "pgd": ("Madry et al., Towards Deep Learning Models Resistant to Adversarial Attacks, ICLR 2018, Sec. 2 "
+    "pgd": ("Madry et al., Towards Deep Learning Models Resistant to Adversarial Attacks, ICLR 2018, Sec. 2.1 "
             f"(L-inf PGD, {PGD_STEPS} steps of eps/4, random start)"),
     "fgsm": "Goodfellow, Shlens, Szegedy, Explaining and Harnessing Adversarial Examples, ICLR 2015, Sec. 4 (FGSM)",
     "autoattack": ("Croce and Hein, Reliable evaluation of adversarial robustness with an ensemble of diverse "

@@ -14,9 +14,9 @@ Under random noise (a control that any model should pass):
 Under attack, ``hoffmann_eps<k>`` (k/255 = 1, 2, 4, 8; one column per epsilon, as the adversarial-accuracy
 columns): the success rate of the "head-on-stomach" attack of Hoffmann, Fanconi, Rade and Kohler, "This Looks
 Like That... Does It? Shortcomings of Latent Space Prototype Interpretability in Deep Networks", ICML 2021
-XAI workshop (arXiv 2105.02968), Sec. 3.1, as their code computes it (github fanconic/this-does-not-look-like-
-that: ``src/utils/attack1.py``, ``pgd`` and ``similarity_score``; ``adv_training_attack1.ipynb``, ``analyze``,
-the success rate). For each correctly classified test image and each of its :data:`HOFFMANN_PROTOTYPES` most
+XAI workshop (arXiv 2105.02968), as their code computes it (github fanconic/this-does-not-look-like-that:
+``src/utils/attack1.py``, ``pgd`` and ``similarity_score``; ``adv_training_attack1.ipynb``, ``analyze``, the
+success rate). For each correctly classified test image and each of its :data:`HOFFMANN_PROTOTYPES` most
 activated prototypes in turn, until one succeeds: the prototype's region (its activated region, see below)
 covers some cells of the latent grid; PGD (:data:`HOFFMANN_STEPS` steps of eps/4, random start) maximises the
 prototype's mean similarity over the cells outside the region minus its mean similarity over the cells inside;
@@ -67,7 +67,7 @@ _HOFFMANN_STREAM = 3
 PAPER_NOISE = ("random uniform L-inf noise at 8/255; top prototype (argmax of max similarity) and part vectors "
                "(Huang et al., ICCV 2023, Sec. 3.1) over images whose prediction is kept")
 PAPER_HOFFMANN = ("Hoffmann, Fanconi, Rade, Kohler, This Looks Like That... Does It? Shortcomings of Latent Space "
-                  "Prototype Interpretability in Deep Networks, ICML 2021 XAI workshop, Sec. 3.1 (head-on-stomach "
+                  "Prototype Interpretability in Deep Networks, ICML 2021 XAI workshop (head-on-stomach "
                   "attack, success rate); code fanconic/this-does-not-look-like-that attack1.py, "
                   "adv_training_attack1.ipynb")
 
