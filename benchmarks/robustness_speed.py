@@ -123,6 +123,11 @@ def passes(spec: MetricSpec) -> tuple[str, float | None]:
         return f"({HOFFMANN_STEPS} fwd+bwd + 1 fwd) x rounds (1-{HOFFMANN_PROTOTYPES})", HOFFMANN_STEPS * fb + 1
     if name == "certified_accuracy":
         return "the model's certified_margin", None
+    if name == "corruption_accuracy":
+        from protobench.corruptions import CORRUPTIONS, SEVERITIES
+
+        n = len(CORRUPTIONS) * len(SEVERITIES)
+        return f"{len(CORRUPTIONS)} corruptions x {len(SEVERITIES)} severities: {n} fwd (+ corrupting)", float(n)
     return "see the metric's docstring", None
 
 
