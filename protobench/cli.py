@@ -46,6 +46,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         num_workers=args.workers,
         model_overrides=_key_values(args.set, "--set"),
         dataset_options=_key_values(args.data, "--data"),
+        costly_images=args.costly_images,
     )
 
 
@@ -139,6 +140,8 @@ def parser() -> argparse.ArgumentParser:
         q.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
         q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a model config key")
         q.add_argument("--data", action="append", default=[], metavar="KEY=VALUE", help="dataset build option")
+        q.add_argument("--costly-images", type=int, default=None, metavar="N",
+                       help="test images for costly metrics (attacks, corruptions); 0 = all; default: the profile's")
 
     q = sub.add_parser("plugins", help="list plugins and what each registered")
     q.add_argument("--strict", action="store_true", help="exit 1 if any plugin failed")

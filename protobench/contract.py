@@ -167,6 +167,9 @@ class MetricSpec:
     The harness runs one pass over the test split, calls ``model.explain`` once per batch and
     feeds every metric; a metric that needs more (a perturbed pass, an attack) does it inside
     its own ``update``. ``needs`` names required capabilities (see :data:`NEEDS`).
+    A ``costly`` metric (many passes per image: attacks, corruptions) is fed only the images of a
+    deterministic, evenly spaced subset of the test split whose size the profile sets (the
+    harness's ``Settings.costly_images``); a metric with ``default=False`` runs only when named.
     """
 
     name: str
@@ -174,6 +177,8 @@ class MetricSpec:
     higher_is_better: bool = True
     needs: frozenset[str] = frozenset()
     paper: str = ""
+    costly: bool = False
+    default: bool = True
 
     def __post_init__(self) -> None:
         unknown = set(self.needs) - NEEDS

@@ -7,6 +7,7 @@ never retrained and a finished metric record is never recomputed.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import time
 from dataclasses import dataclass, field
@@ -27,6 +28,10 @@ from protobench.progress import progress as default_progress
 from protobench.store import RecordKey, ResultStore
 
 
+#: Test images fed to costly metrics per profile (0 = all). 200 is the sample Hoffmann et al. (2021) attack.
+COSTLY_IMAGES = {"quick": 200, "paper": 0}
+
+
 class ModelOutputError(RuntimeError):
     """A model produced non-finite outputs."""
 
@@ -45,6 +50,12 @@ class Settings:
     num_workers: int = 0
     model_overrides: dict[str, Any] = field(default_factory=dict)
     dataset_options: dict[str, Any] = field(default_factory=dict)
+    costly_images: int | None = None  # None: the profile's (COSTLY_IMAGES); 0: the whole test split
+
+    @property
+    def costly_limit(self) -> int:
+        """How many test images costly metrics see (0 = all)."""
+        return COSTLY_IMAGES.get(self.profile, 0) if self.costly_images is None else self.costly_images
 
     @property
     def store(self) -> ResultStore:
@@ -144,7 +155,7 @@ def evaluate(
 ) -> list[dict[str, Any]]:
     """Compute every metric without a record in one shared pass over the test split."""
     store = settings.store
-    names = metrics or sorted(registry.metrics)
+    names = metrics or sorted(name for name, spec in registry.metrics.items() if spec.default)
     specs = [registry.metric(n) for n in names]
     key = lambda name: RecordKey(settings.dataset, settings.profile, model, settings.seed, name)  # noqa: E731
     todo = [s for s in specs if not store.has(key(s.name))]
@@ -155,11 +166,15 @@ def evaluate(
         seed_everything(settings.seed)
         dataset = build_split(registry, settings, "test", eval_transform(_input_size(net.config)))
         info = model_info(net, meta)
-        for spec, result, reason in _shared_pass(net, model, dataset, todo, settings, device, rank, world, progress):
+        limit = settings.costly_limit
+        stride = -(-len(dataset) // limit) if limit else 1  # costly metrics see indices 0, stride, 2 * stride, ...
+        passes = _shared_pass(net, model, dataset, todo, settings, device, rank, world, stride, progress)
+        for spec, result, reason in passes:
             if rank == 0:  # each record lands the moment it is computed
                 store.put(key(spec.name), {
                     "value": result.value,
                     "detail": result.detail,
+                    "test_images": len(range(0, len(dataset), stride)) if spec.costly else len(dataset),
                     "not_applicable": reason,
                     "higher_is_better": spec.higher_is_better,
                     "paper": spec.paper,
@@ -180,11 +195,13 @@ def _shared_pass(
     device: torch.device,
     rank: int,
     world: int,
+    stride: int,
     progress: Any,
 ) -> Iterator[tuple[MetricSpec, MetricResult, str | None]]:
     """One pass over (this process's shard of) ``dataset`` feeding every applicable metric.
 
-    Yields (spec, result, reason-not-applicable) per metric, computing each only when asked.
+    Costly metrics see only the images whose dataset index is a multiple of ``stride``. Yields
+    (spec, result, reason-not-applicable) per metric, computing each only when asked.
     """
     shard = Subset(dataset, range(rank, len(dataset), world)) if world > 1 else dataset
     loader = DataLoader(shard, batch_size=settings.batch_size, shuffle=False, num_workers=settings.num_workers)
@@ -210,13 +227,31 @@ def _shared_pass(
                         raise ValueError(f"metric {spec.name!r} cannot be reduced across {world} processes: "
                                          "its state must be a torchmetrics.Metric to run under torchrun")
                     states[spec.name] = state.to(device) if isinstance(state, torch.nn.Module) else state
-        for state in states.values():
-            state.update(batch, out)
+        keep = batch["index"] % stride == 0
+        costly_batch, costly_out = (batch, out) if keep.all() else (_rows(batch, keep), _rows(out, keep))
+        for spec in specs:
+            if spec.name in states and (not spec.costly or len(costly_batch["index"])):
+                states[spec.name].update(*((costly_batch, costly_out) if spec.costly else (batch, out)))
     for spec in specs:
         if spec.name in states:
             yield spec, states[spec.name].compute(), None
         else:
             yield spec, MetricResult(value=None), reasons[spec.name]
+
+
+def _rows(data: Any, keep: torch.Tensor) -> Any:
+    """The rows ``keep`` of a batch dict or an :class:`Explanation` (tensors whose first axis is the batch)."""
+    size = len(keep)
+
+    def take(value: Any) -> Any:
+        if isinstance(value, torch.Tensor) and value.ndim and value.shape[0] == size:
+            return value[keep.to(value.device)]
+        return value
+
+    if isinstance(data, dict):
+        return {k: take(v) for k, v in data.items()}
+    return dataclasses.replace(data, **{f.name: take(getattr(data, f.name)) for f in dataclasses.fields(data)
+                                        if f.name != "extra"}, extra={k: take(v) for k, v in data.extra.items()})
 
 
 def run(

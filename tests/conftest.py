@@ -121,6 +121,8 @@ TOY_PLUGIN = textwrap.dedent('''
             MetricSpec(name="hits", compute=lambda model, ctx: Hits()),
             MetricSpec(name="counted", compute=lambda model, ctx: Counted(model), higher_is_better=False),
             MetricSpec(name="needs_protos", compute=lambda model, ctx: Hits(), needs=frozenset({"prototypes"})),
+            MetricSpec(name="costly_hits", compute=lambda model, ctx: Hits(), costly=True),
+            MetricSpec(name="optional_hits", compute=lambda model, ctx: Hits(), default=False),
         ]
 ''')
 

@@ -75,7 +75,7 @@ def test_killed_during_a_metric_keeps_the_metrics_before_it(toy_cli):
     assert toy_cli(*RUN).returncode == 0
     log = toy_cli.log.read_text().splitlines()
     assert log.count("train toy_a") == 1  # the checkpoint survived: no retraining
-    assert len(_records(toy_cli.cwd)) == 6
+    assert len(_records(toy_cli.cwd)) == 8  # 4 default metrics x 2 models
 
 
 def test_nan_model_gets_a_clear_error_and_keeps_other_records(toy_cli):
@@ -84,7 +84,7 @@ def test_nan_model_gets_a_clear_error_and_keeps_other_records(toy_cli):
     assert done.returncode == 2
     assert "model 'toy_a' returned non-finite logits on test batch 0" in done.stderr
     assert "Traceback" not in done.stderr
-    assert len([r for r in _records(toy_cli.cwd) if "seed0" in r]) == 6
+    assert len([r for r in _records(toy_cli.cwd) if "seed0" in r]) == 8
 
 
 def test_check_passes_on_itself_and_fails_on_a_regression(toy_cli):
@@ -131,3 +131,14 @@ def test_gallery_command_writes_pictures(toy_cli):
     done = toy_cli("gallery", "--dataset", "colours", "--model", "toy_a")
     assert done.returncode == 0, done.stderr
     assert "0 prototype pictures in galleries/colours/toy_a" in done.stdout  # the toy model has no prototypes
+
+
+def test_costly_metrics_see_an_evenly_spaced_subset_and_optional_ones_run_when_named(toy_cli):
+    assert toy_cli(*RUN, "--costly-images", "5").returncode == 0  # 24 test images: stride 5 -> 0, 5, ..., 20
+    results = toy_cli.cwd / ".protobench/results/colours/quick/toy_a/seed0"
+    costly = json.loads((results / "costly_hits.json").read_text())
+    assert costly["detail"]["total"] == 5 and costly["test_images"] == 5
+    assert json.loads((results / "hits.json").read_text())["detail"]["total"] == 24
+    assert not (results / "optional_hits.json").exists()
+    done = toy_cli("eval", "--dataset", "colours", "--model", "toy_a", "--metrics", "optional_hits")
+    assert done.returncode == 0 and (results / "optional_hits.json").exists()
