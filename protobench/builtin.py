@@ -8,7 +8,10 @@ from protobench.data.cub import build_cub
 from protobench.data.imagefolder import build_imagefolder
 from protobench.data.synthbirds import PAPER_OPTIONS, QUICK_OPTIONS, build_synthbirds
 from protobench.metrics.accuracy import ACCURACY
+from protobench.metrics.adversarial import ADVERSARIAL_METRICS, AUTOATTACK
+from protobench.metrics.certified import CERTIFIED_ACCURACY
 from protobench.metrics.consistency import CONSISTENCY
+from protobench.metrics.explanation_robustness import EXPLANATION_ROBUSTNESS_METRICS
 from protobench.metrics.stability import STABILITY
 
 
@@ -37,4 +40,5 @@ def protobench_datasets() -> list[DatasetSpec]:
 
 @hookimpl
 def protobench_metrics() -> list[MetricSpec]:
-    return [ACCURACY, CONSISTENCY, STABILITY]
+    return [ACCURACY, CONSISTENCY, STABILITY, *ADVERSARIAL_METRICS, AUTOATTACK, *EXPLANATION_ROBUSTNESS_METRICS,
+            CERTIFIED_ACCURACY]

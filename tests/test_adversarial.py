@@ -15,7 +15,6 @@ from protobench.metrics.adversarial import (
     EPSILONS,
     PGD_STEP_FRACTION,
     PGD_STEPS,
-    SLOW_METRICS,
     fgsm,
     pgd,
     uniform_noise,
@@ -148,7 +147,7 @@ def test_pgd_random_start_depends_on_the_image_not_on_batching_or_order():
 def test_metric_names_are_one_column_per_attack_and_epsilon_and_autoattack_is_not_default():
     assert sorted(SPECS) == sorted(f"{a}_eps{k}" for a in ("pgd", "fgsm") for k in (1, 2, 4, 8))
     assert all("/" not in name for name in SPECS)
-    assert AUTOATTACK.name == "autoattack_eps8" and AUTOATTACK in SLOW_METRICS and AUTOATTACK not in ADVERSARIAL_METRICS
+    assert AUTOATTACK.name == "autoattack_eps8" and not AUTOATTACK.default and AUTOATTACK not in ADVERSARIAL_METRICS
 
 
 def test_pgd_and_fgsm_equal_torchattacks_on_a_nonlinear_model():

@@ -233,13 +233,13 @@ def robust_accuracy_spec(attack: str, eps: float) -> MetricSpec:
     def build(model: PrototypeModel, context: EvalContext) -> RobustAccuracy:
         return RobustAccuracy(model, attack, eps, context.seed)
 
-    return MetricSpec(name=f"{attack}_{eps_name(eps)}", compute=build, higher_is_better=True, paper=_PAPERS[attack])
+    return MetricSpec(name=f"{attack}_{eps_name(eps)}", compute=build, higher_is_better=True, paper=_PAPERS[attack],
+                      costly=True, default=attack != "autoattack")
 
 
 #: The default adversarial columns: PGD and FGSM at every epsilon of :data:`EPSILONS`.
 ADVERSARIAL_METRICS: list[MetricSpec] = [robust_accuracy_spec(a, e) for a in ("pgd", "fgsm") for e in EPSILONS]
 #: SLOW, optional (needs ``torchattacks``), EXCLUDED from the default metric list: robust accuracy under
 #: AutoAttack (standard) at 8/255. Its Square attack spends up to 5000 queries on each image that resists.
+#: Optional (``default=False``): runs only when named, e.g. ``protobench eval --metrics autoattack_eps8``.
 AUTOATTACK = robust_accuracy_spec("autoattack", AUTOATTACK_EPS)
-#: Metrics of this module that a default run leaves out.
-SLOW_METRICS: list[MetricSpec] = [AUTOATTACK]
