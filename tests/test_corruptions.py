@@ -1,14 +1,17 @@
-"""Common corruptions against imagecorruptions (where installed), hand-computed cases, batching invariance."""
+"""Common corruptions against imagecorruptions (where installed), hand-computed cases, batching invariance,
+and the corruption-accuracy metric."""
 
 from __future__ import annotations
 
 import sys
 import types
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
+from protobench.contract import EvalContext, Explanation, PrototypeModel
 from protobench.corruptions import (
     CORRUPTIONS,
     MOTION_BLUR,
@@ -19,6 +22,7 @@ from protobench.corruptions import (
     image_generators,
     motion_blur_at,
 )
+from protobench.metrics.corruption import CORRUPTION_ACCURACY, CorruptionAccuracy
 
 
 def natural(h: int, w: int, seed: int) -> np.ndarray:
@@ -196,3 +200,80 @@ def test_random_corruptions_follow_their_seeds():
         assert torch.equal(first, again), name
         assert not torch.equal(first, other), name
 
+
+class Logits(PrototypeModel):
+    """A prototype-less model whose logits are ``logits(x)``."""
+
+    def __init__(self, num_classes: int, logits):
+        super().__init__()
+        self.num_classes, self.input_size, self.config = num_classes, (32, 32), {}
+        self.register_buffer("prototype_classes", torch.zeros(0, dtype=torch.long))
+        self.logits = logits
+        self.calls = 0
+
+    def explain(self, x: torch.Tensor) -> Explanation:
+        self.calls += 1
+        return Explanation(logits=self.logits(x), similarities=x.new_zeros(len(x), 0, 1, 1))
+
+
+def brightness_model() -> Logits:
+    """Class 1 iff the image's mean grey level exceeds 0.5."""
+    return Logits(2, lambda x: torch.stack([0.5 - x.mean(dim=(1, 2, 3)), x.mean(dim=(1, 2, 3)) - 0.5], 1))
+
+
+def run(metric: CorruptionAccuracy, model: PrototypeModel, images, labels, batches) -> None:
+    for chunk in batches:
+        batch = {"image": images[chunk], "label": labels[chunk], "index": torch.as_tensor(chunk)}
+        with torch.no_grad():
+            metric.update(batch, model.explain(batch["image"]))
+
+
+def test_metric_on_a_model_that_ignores_its_input_equals_clean_accuracy():
+    model = Logits(3, lambda x: torch.tensor([0.0, 1.0, 0.5]).expand(len(x), 3))
+    context = EvalContext(dataset=SimpleNamespace(), device=torch.device("cpu"))
+    metric = CORRUPTION_ACCURACY.compute(model, context)
+    images = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([1, 0, 1, 2, 1])
+    run(metric, model, images, labels, [[0, 1, 2], [3, 4]])
+    result = metric.compute()
+    assert result.value == pytest.approx(0.6) and result.detail["clean_accuracy"] == pytest.approx(0.6)
+    assert set(result.detail["per_corruption"]) == set(CORRUPTIONS)
+    for entry in result.detail["per_corruption"].values():
+        assert entry["per_severity"] == [0.6] * 5 and entry["mean"] == pytest.approx(0.6)
+    assert model.calls == 2 * (1 + 5 * len(CORRUPTIONS))  # a clean pass and 5 corrupted passes per corruption
+
+
+def test_metric_by_hand_on_flat_images():
+    """Flat grey images 0.32 and 0.46 (label 0) and 0.7 (label 1) under a mean-threshold model.
+
+    Brightness adds 0.1 * severity: 0.32 stays below 0.5 only at severity 1, 0.46 never; 0.7 stays class 1.
+    Contrast leaves flat images unchanged. So brightness scores [2/3, 1/3, 1/3, 1/3, 1/3], contrast 1
+    throughout.
+    """
+    model = brightness_model()
+    metric = CorruptionAccuracy(model, seed=0, corruptions=("brightness", "contrast"))
+    images = torch.tensor([0.32, 0.46, 0.7]).view(3, 1, 1, 1).expand(3, 3, 32, 32).contiguous()
+    run(metric, model, images, torch.tensor([0, 0, 1]), [[0, 1, 2]])
+    result = metric.compute()
+    brightness_accuracy = result.detail["per_corruption"]["brightness"]["per_severity"]
+    assert brightness_accuracy == pytest.approx([2 / 3] + [1 / 3] * 4, abs=1e-6)
+    assert result.detail["per_corruption"]["contrast"]["per_severity"] == [1.0] * 5
+    assert result.value == pytest.approx((2 / 3 + 4 / 3 + 5) / 10)
+    assert result.detail["clean_accuracy"] == 1.0
+
+
+def test_metric_does_not_depend_on_batching_and_keeps_the_model_out_of_its_state():
+    model = brightness_model()
+    images = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 0.3 + 0.35
+    labels = torch.tensor([0, 1, 0, 1, 1, 0])
+    counts = []
+    for batches in ([[0, 1, 2, 3, 4, 5]], [[0, 1], [2, 3, 4], [5]]):
+        metric = CorruptionAccuracy(model, seed=3, corruptions=sorted(RANDOM_CORRUPTIONS))
+        run(metric, model, images, labels, batches)
+        counts.append(metric.correct.clone())
+    assert torch.equal(counts[0], counts[1])
+    # the images sit near the threshold: corruption flips some, so the counts depend on the draws
+    assert 0 < counts[0].sum() < counts[0].numel() * 6
+    assert list(metric.children()) == [] and set(metric.state_dict()) <= {"correct", "clean", "total"}
+    with pytest.raises(ValueError, match="unknown corruptions"):
+        CorruptionAccuracy(model, corruptions=["snow"])
