@@ -6,7 +6,8 @@ ImageNet-C applies 15 corruptions at 5 severities each (Sec. 4). Every test imag
 corruption of :data:`protobench.corruptions.CORRUPTIONS` at every severity 1..5 (on the fly, on the model's
 device) and classified; the metric is the mean accuracy over all corruptions and severities, with the
 accuracy of each (corruption, severity) and each corruption's mean as detail. Its cost is one forward pass
-per corruption and severity (40) on top of the shared clean pass.
+per corruption and severity (40) on top of the shared clean pass, so it is a ``costly`` metric: the harness
+feeds it its evenly spaced subset of the test split.
 
 Named departures:
 
@@ -93,6 +94,7 @@ CORRUPTION_ACCURACY = MetricSpec(
     name="corruption_accuracy",
     compute=_corruption_accuracy,
     higher_is_better=True,
+    costly=True,
     paper=("Hendrycks & Dietterich, Benchmarking Neural Network Robustness to Common Corruptions and "
            "Perturbations, ICLR 2019 (ImageNet-C corruptions as defined by imagecorruptions; mean accuracy "
            f"over {len(CORRUPTIONS)} corruptions x 5 severities, not AlexNet-normalised mCE)"),
