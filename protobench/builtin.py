@@ -11,6 +11,7 @@ from protobench.metrics.accuracy import ACCURACY
 from protobench.metrics.adversarial import ADVERSARIAL_METRICS, AUTOATTACK
 from protobench.metrics.certified import CERTIFIED_ACCURACY
 from protobench.metrics.consistency import CONSISTENCY
+from protobench.metrics.corruption import CORRUPTION_ACCURACY
 from protobench.metrics.explanation_robustness import EXPLANATION_ROBUSTNESS_METRICS
 from protobench.metrics.stability import STABILITY
 
@@ -41,4 +42,4 @@ def protobench_datasets() -> list[DatasetSpec]:
 @hookimpl
 def protobench_metrics() -> list[MetricSpec]:
     return [ACCURACY, CONSISTENCY, STABILITY, *ADVERSARIAL_METRICS, AUTOATTACK, *EXPLANATION_ROBUSTNESS_METRICS,
-            CERTIFIED_ACCURACY]
+            CERTIFIED_ACCURACY, CORRUPTION_ACCURACY]
