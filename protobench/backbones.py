@@ -44,6 +44,23 @@ class TimmFeatures(nn.Module):
         return self.model.forward_features(x)
 
 
+class BackboneClassifier(nn.Module):
+    """``head(mean_hw(backbone(normalize(x))))``: a backbone with a linear head on pooled features.
+
+    Families use it to train a backbone as a plain classifier (e.g. a stand-in for ImageNet
+    pretraining); ``backbone`` and ``normalize`` are shared, not copied.
+    """
+
+    def __init__(self, normalize: nn.Module, backbone: nn.Module, channels: int, num_classes: int):
+        super().__init__()
+        self.normalize = normalize
+        self.backbone = backbone
+        self.head = nn.Linear(channels, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.backbone(self.normalize(x)).mean(dim=(2, 3)))
+
+
 def build_backbone(name: str, weights: str | None = None, *, output_stride: int | None = None) -> tuple[nn.Module, int]:
     """The timm model ``name`` without its head, and its number of output channels.
 

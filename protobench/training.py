@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
@@ -97,6 +98,12 @@ class _SharedOptimizer:
     optimizer: torch.optim.Optimizer
     groups: tuple[ParamGroup, ...]
     epochs_run: int = 0
+
+
+def cross_entropy_objective(model: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+    """The plain classifier objective: ``{"cross_entropy": CE(model(image), label)}``."""
+    logits = model(batch["image"])
+    return logits, {"cross_entropy": F.cross_entropy(logits.float(), batch["label"])}
 
 
 def select_parameters(model: nn.Module, groups: Sequence[ParamGroup]) -> list[list[nn.Parameter]]:

@@ -7,7 +7,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from protobench.backbones import BackboneError, ImageNetNormalize, build_backbone
+from protobench.backbones import BackboneClassifier, BackboneError, ImageNetNormalize, build_backbone
 
 
 def full_state(name: str, seed: int) -> dict[str, torch.Tensor]:
@@ -92,3 +92,12 @@ def test_imagenet_normalize_values_and_no_saved_state():
     x = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1) + torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     assert torch.allclose(norm(x), torch.ones(1, 3, 1, 1))
     assert norm.state_dict() == {}
+
+
+def test_backbone_classifier_pools_and_shares_the_backbone():
+    backbone, channels = build_backbone("resnet10t")
+    classifier = BackboneClassifier(ImageNetNormalize(), backbone, channels, 5)
+    x = torch.rand(2, 3, 32, 32)
+    expected = classifier.head(backbone(ImageNetNormalize()(x)).mean(dim=(2, 3)))
+    assert torch.allclose(classifier(x), expected)
+    assert classifier.backbone is backbone

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,6 +16,7 @@ from protobench.training import (
     Phase,
     Step,
     StepSchedule,
+    cross_entropy_objective,
     run_recipe,
     select_parameters,
 )
@@ -186,3 +189,12 @@ def test_progress_gets_phase_description_and_running_postfix():
     run_recipe(TwoLayers(), [phase("joint", epochs=2)], data(), Bar, batch_size=5)
     assert [(b.desc, b.total) for b in bars] == [("joint 1/2", 3), ("joint 2/2", 3)]
     assert set(bars[0].postfix) == {"loss", "acc"}
+
+
+def test_cross_entropy_objective_by_hand():
+    model = nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.eye(2))
+    logits, terms = cross_entropy_objective(model, {"image": torch.tensor([[2.0, 0.0]]), "label": torch.tensor([1])})
+    assert torch.equal(logits, torch.tensor([[2.0, 0.0]]))
+    assert terms["cross_entropy"].item() == pytest.approx(math.log(1 + math.exp(2.0)))

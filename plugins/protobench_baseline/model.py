@@ -10,12 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from protobench.backbones import ImageNetNormalize, build_backbone
 from protobench.contract import Explanation, Progress, PrototypeModel, TrainData
-from protobench.training import ParamGroup, Phase, StepSchedule, run_recipe
+from protobench.training import ParamGroup, Phase, StepSchedule, cross_entropy_objective, run_recipe
 
 
 class Baseline(PrototypeModel):
@@ -39,11 +38,6 @@ class Baseline(PrototypeModel):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(self.normalize(x)).mean(dim=(2, 3)))
-
-
-def cross_entropy_objective(model: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
-    logits = model(batch["image"])
-    return logits, {"cross_entropy": F.cross_entropy(logits.float(), batch["label"])}
 
 
 def train(model: PrototypeModel, data: TrainData, config: dict[str, Any], progress: Progress) -> PrototypeModel:

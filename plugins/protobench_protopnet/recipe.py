@@ -9,7 +9,13 @@ layer stays fixed in both (stage 1 of the paper). After every epoch ``e >= push_
 only the last layer (stage 3, its own Adam optimizer kept across cycles). Every stage minimises
 the full objective of :mod:`.losses`; weight decay applies to the backbone and add-on layers only.
 
-Departures: the official run ends with plain joint epochs after its last push and the authors
+Departures: the paper starts from an ImageNet-pretrained backbone. Without a weights file (no
+download ever), ``pretrain_epochs > 0`` stands in for that pretraining: the backbone is first
+trained as a plain classifier (global average pooling and a throwaway linear head, cross-entropy,
+Adam at ``pretrain_lr``) on the training split. From scratch, the official objective otherwise
+collapses: the cluster cost (0.8) outweighs the cross-entropy, whose gradient through the log
+similarity is tiny at the large initial distances, so all latent patches and prototypes meet at
+one point (cross-entropy stays at log C). The official run ends with plain joint epochs after its last push and the authors
 pick a pushed checkpoint by test accuracy; here the recipe always ends with a push and a
 last-layer stage (added after the final epoch if that is not a push epoch), and the final model
 is the one evaluated. Data augmentation is the harness's (random shift and flip) instead of the
@@ -22,8 +28,9 @@ from dataclasses import replace
 from functools import partial
 from typing import Any
 
+from protobench.backbones import BackboneClassifier
 from protobench.contract import Progress, PrototypeModel, TrainData
-from protobench.training import ParamGroup, Phase, Step, StepSchedule, run_recipe
+from protobench.training import ParamGroup, Phase, Step, StepSchedule, cross_entropy_objective, run_recipe
 
 from .losses import protopnet_objective
 from .push import push_prototypes
@@ -33,6 +40,22 @@ def is_push_epoch(epoch: int, config: dict[str, Any]) -> bool:
     """The official rule: ``epoch >= push_start and epoch % push_every == 0``, plus the final epoch."""
     last = epoch == config["train_epochs"] - 1
     return last or (epoch >= config["push_start"] and epoch % config["push_every"] == 0)
+
+
+def backbone_pretraining(config: dict[str, Any]) -> Step:
+    """A step that trains ``model.features`` as a plain classifier (the stand-in for pretraining)."""
+
+    def run(model: PrototypeModel, data: TrainData, progress: Progress) -> None:
+        channels = model.add_on_layers[0].in_channels
+        classifier = BackboneClassifier(model.normalize, model.features, channels, model.num_classes)
+        classifier.to(data.device)
+        phase = Phase("pretrain", config["pretrain_epochs"],
+                      (ParamGroup("backbone", config["pretrain_lr"], config["weight_decay"]),
+                       ParamGroup("head", config["pretrain_lr"])),
+                      cross_entropy_objective, {"cross_entropy": 1.0})
+        run_recipe(classifier, [phase], data, progress, batch_size=config["batch_size"])
+
+    return Step("pretrain", run)
 
 
 def protopnet_recipe(config: dict[str, Any]) -> list[Phase | Step]:
@@ -53,7 +76,7 @@ def protopnet_recipe(config: dict[str, Any]) -> list[Phase | Step]:
                        groups=(ParamGroup("last_layer", config["last_layer_lr"]),))
     push = Step("push", partial(push_prototypes, batch_size=config["push_batch_size"]))
 
-    phases: list[Phase | Step] = []
+    phases: list[Phase | Step] = [backbone_pretraining(config)] if config["pretrain_epochs"] else []
     for epoch in range(config["train_epochs"]):
         stage = warm if epoch < config["warm_epochs"] else joint
         previous = phases[-1] if phases else None
