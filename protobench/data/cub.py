@@ -5,13 +5,14 @@ Files, under ``root`` (or ``root/CUB_200_2011``), all space separated with 1-bas
 ``train_test_split.txt`` (image_id is_training_image), ``bounding_boxes.txt`` (image_id x y w h),
 ``classes.txt`` (class_id name; optional), ``parts/parts.txt`` (part_id name with spaces),
 ``parts/part_locs.txt`` (image_id part_id x y visible), ``images/<path>``. Every annotation file is
-parsed and cross-checked when the dataset is built; errors name the file and line.
+parsed into numpy arrays and cross-checked when the dataset is built; errors name the file and line.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,114 +27,194 @@ class CUBFormatError(ValueError):
     """An annotation file that is missing or malformed; the message names the file and line."""
 
 
-def _rows(path: Path, fields: int, numeric: slice, exact: bool = True) -> list[tuple[int, list[str]]]:
-    """(line number, fields) of every non-blank line; checks the field count and the numeric fields."""
+def _lines(path: Path) -> list[str]:
     if not path.is_file():
         raise CUBFormatError(f"{path}: missing (expected in the CUB-200-2011 layout)")
-    rows = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        parts = line.split() if exact else line.split(maxsplit=fields - 1)
-        if not parts:
+    return path.read_text().splitlines()
+
+
+def _error(path: Path, line: int | np.integer, message: str) -> CUBFormatError:
+    return CUBFormatError(f"{path}, line {int(line)}: {message}")
+
+
+def _is_number(value: str) -> bool:
+    try:
+        np.array([value], dtype=np.float64)
+    except ValueError:
+        return False
+    return True
+
+
+def _numbers(path: Path, fields: str) -> tuple[np.ndarray, np.ndarray]:
+    """(1-based line numbers, float64 ``[N, F]``) of the non-blank lines of an all-numeric file.
+
+    ``fields`` names the columns, e.g. ``"image_id x y width height"``.
+    """
+    lines, width = _lines(path), len(fields.split())
+    counts = np.fromiter((len(line.split()) for line in lines), dtype=np.int64, count=len(lines))
+    wrong = np.flatnonzero((counts != width) & (counts != 0))
+    if wrong.size:
+        k = wrong[0]
+        raise _error(path, k + 1, f"expected {width} fields ({fields}), found {counts[k]}: {lines[k]!r}")
+    try:
+        values = np.array(" ".join(lines).split(), dtype=np.float64).reshape(-1, width)
+    except ValueError:
+        number, value = next((n, v) for n, line in enumerate(lines, start=1)
+                             for v in line.split() if not _is_number(v))
+        raise _error(path, number, f"{value!r} is not a number ({fields})") from None
+    return np.flatnonzero(counts) + 1, values
+
+
+def _named(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(line numbers, integer ids, names) of a file of ``id name`` lines; a name may contain spaces."""
+    numbers, ids, names = [], [], []
+    for number, line in enumerate(_lines(path), start=1):
+        fields = line.split(maxsplit=1)
+        if not fields:
             continue
-        if len(parts) != fields:
-            raise CUBFormatError(f"{path}, line {number}: expected {fields} fields, found {len(parts)}: {line!r}")
-        for value in parts[numeric]:
-            try:
-                float(value)
-            except ValueError:
-                raise CUBFormatError(f"{path}, line {number}: {value!r} is not a number") from None
-        rows.append((number, parts))
-    return rows
+        if len(fields) != 2:
+            raise _error(path, number, f"expected an id and a name, found {line!r}")
+        if not _is_number(fields[0]):
+            raise _error(path, number, f"{fields[0]!r} is not a number (id)")
+        ids.append(fields[0])
+        numbers.append(number)
+        names.append(fields[1].strip())
+    lines = np.array(numbers, dtype=np.int64)
+    return lines, _integers(path, lines, np.array(ids, dtype=np.float64), "id"), names
 
 
-def _by_id(path: Path, fields: int, numeric: slice, exact: bool = True) -> dict[int, tuple[int, list[str]]]:
-    """Rows keyed by their first field (an integer id); a repeated id is an error."""
-    table: dict[int, tuple[int, list[str]]] = {}
-    for number, parts in _rows(path, fields, numeric, exact):
-        key = int(float(parts[0]))
-        if key in table:
-            raise CUBFormatError(f"{path}, line {number}: id {key} repeats line {table[key][0]}")
-        table[key] = (number, parts[1:])
-    return table
+def _integers(path: Path, lines: np.ndarray, values: np.ndarray, what: str) -> np.ndarray:
+    """``values`` as int64; a fractional value is an error naming its line."""
+    _check(path, lines, ~np.isfinite(values) | (values != np.round(values)),
+           lambda k: f"{what} {values[k]:g} is not an integer")
+    return values.astype(np.int64)
 
 
-def _same_ids(reference: Path, ids: set[int], path: Path, table: dict[int, tuple[int, list[str]]]) -> None:
-    extra = sorted(set(table) - ids)
-    if extra:
-        raise CUBFormatError(f"{path}, line {table[extra[0]][0]}: image id {extra[0]} is not in {reference.name}")
-    missing = sorted(ids - set(table))
-    if missing:
-        raise CUBFormatError(f"{path}: no line for image id {missing[0]} of {reference.name}")
+def _unique(path: Path, lines: np.ndarray, keys: np.ndarray, describe: Callable[[int], str]) -> None:
+    """A key that repeats an earlier line is an error naming both lines."""
+    _, first = np.unique(keys, return_index=True)
+    repeated = np.ones(len(keys), dtype=bool)
+    repeated[first] = False
+    if repeated.any():
+        k = int(np.argmax(repeated))
+        earlier = int(np.argmax(keys == keys[k]))
+        raise _error(path, lines[k], f"{describe(k)} repeats line {lines[earlier]}")
+
+
+def _per_image(path: Path, fields: str, image_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(line numbers, value columns) of a one-line-per-image file, in the order of ``image_ids``."""
+    lines, table = _numbers(path, fields)
+    ids = _integers(path, lines, table[:, 0], "image id")
+    _check(path, lines, ~np.isin(ids, image_ids),
+           lambda k: f"mismatched ids, image id {ids[k]} is not in images.txt")
+    _unique(path, lines, ids, lambda k: f"image id {ids[k]}")
+    missing = np.flatnonzero(~np.isin(image_ids, ids))
+    if missing.size:
+        raise CUBFormatError(f"{path}: mismatched ids, no line for image id {image_ids[missing[0]]} "
+                             "of images.txt")
+    order = np.argsort(ids)
+    rows = order[np.searchsorted(ids, image_ids, sorter=order)]
+    return lines[rows], table[rows, 1:]
+
+
+def _check(path: Path, lines: np.ndarray, bad: np.ndarray, message: Callable[[int], str]) -> None:
+    """The first row where ``bad`` holds is an error naming its line."""
+    if bad.any():
+        k = int(np.argmax(bad))
+        raise _error(path, lines[k], message(k))
 
 
 class CUB200(torch.utils.data.Dataset):
-    """One split of CUB-200-2011; items are the dicts of :mod:`protobench.contract`."""
+    """One split of CUB-200-2011; items are the dicts of :mod:`protobench.contract`.
 
-    def __init__(self, root: str | Path, split: str, transform: Callable | None = None, crop_to_bbox: bool = False):
+    ``keypoints`` (``[K, 3]``: x, y, visible; parts in ``part_names`` order) and ``bbox``
+    (x, y, w, h) are in the image's pixels; a part that ``part_locs.txt`` does not list for an
+    image is invisible (0, 0, 0).
+    """
+
+    def __init__(self, root: str | Path, split: str, transform: Callable | None = None,
+                 crop_to_bbox: bool = False):
         if split not in SPLITS:
             raise ValueError(f"split {split!r}: expected one of {sorted(SPLITS)}")
         root = Path(root)
         self.root = root / "CUB_200_2011" if (root / "CUB_200_2011").is_dir() else root
         self.split, self.transform = split, transform
         self.crop = CropToBox() if crop_to_bbox else None
-        files = {name: self.root / name for name in (
-            "images.txt", "image_class_labels.txt", "train_test_split.txt", "bounding_boxes.txt", "classes.txt",
-            "parts/parts.txt", "parts/part_locs.txt")}
-        images = _by_id(files["images.txt"], 2, slice(0, 1))
-        ids = set(images)
-        labels = _by_id(files["image_class_labels.txt"], 2, slice(0, 2))
-        splits = _by_id(files["train_test_split.txt"], 2, slice(0, 2))
-        boxes = _by_id(files["bounding_boxes.txt"], 5, slice(0, 5))
-        for name, table in (("image_class_labels.txt", labels), ("train_test_split.txt", splits),
-                            ("bounding_boxes.txt", boxes)):
-            _same_ids(files["images.txt"], ids, files[name], table)
-        classes = _by_id(files["classes.txt"], 2, slice(0, 1), exact=False) if files["classes.txt"].is_file() else {}
-        class_ids = {int(parts[0]) for _, parts in labels.values()}
-        self.num_classes = max(max(class_ids, default=0), max(classes, default=0))
-        for image_id, (number, parts) in labels.items():
-            if int(parts[0]) < 1 or (classes and int(parts[0]) not in classes):
-                raise CUBFormatError(f"{files['image_class_labels.txt']}, line {number}: class id {parts[0]} "
-                                     f"is not in {'classes.txt' if classes else '1..N'}")
-        folders = {int(labels[i][1][0]): images[i][1][0].split("/")[0] for i in ids}
-        self.class_names = [classes[c][1][0] if c in classes else folders.get(c, str(c))
-                            for c in range(1, self.num_classes + 1)]
-        parts = _by_id(files["parts/parts.txt"], 2, slice(0, 1), exact=False)
-        self.part_names = tuple(parts[p][1][0] for p in sorted(parts))
-        part_index = {p: k for k, p in enumerate(sorted(parts))}
 
-        chosen = sorted(i for i in ids if int(float(splits[i][1][0])) == SPLITS[split])
-        row_of = {image_id: row for row, image_id in enumerate(chosen)}
-        self.image_ids = chosen
-        self.paths = [self.root / "images" / images[i][1][0] for i in chosen]
-        self.labels = [int(labels[i][1][0]) - 1 for i in chosen]
-        self.boxes = torch.tensor([[float(v) for v in boxes[i][1]] for i in chosen]).reshape(-1, 4)
-        self.keypoints = self._part_locations(files["parts/part_locs.txt"], ids, row_of, part_index)
+        lines, image_ids, image_paths = _named(self.root / "images.txt")
+        _unique(self.root / "images.txt", lines, image_ids, lambda k: f"image id {image_ids[k]}")
+        by_id = np.argsort(image_ids)  # the dataset's order, whatever the files' line order
+        image_ids, image_paths = image_ids[by_id], [image_paths[k] for k in by_id]
+        labels = self._labels(image_ids, image_paths)
+        path = self.root / "train_test_split.txt"
+        lines, is_train = _per_image(path, "image_id is_training_image", image_ids)
+        _check(path, lines, (is_train[:, 0] != 0) & (is_train[:, 0] != 1),
+               lambda k: f"is_training_image {is_train[k, 0]:g} is not 0 or 1")
+        _, boxes = _per_image(self.root / "bounding_boxes.txt", "image_id x y width height", image_ids)
+        keypoints = self._part_locations(image_ids)
 
-    def _part_locations(self, path: Path, ids: set[int], row_of: dict[int, int],
-                        part_index: dict[int, int]) -> torch.Tensor:
-        """``[N, K, 3]`` keypoints of this split; a pair CUB does not list stays invisible (0, 0, 0)."""
-        rows = _rows(path, 5, slice(0, 5))
-        table = np.array([fields for _, fields in rows], dtype=np.float64).reshape(-1, 5)
-        image_ids, part_ids = table[:, 0].astype(np.int64), table[:, 1].astype(np.int64)
-        for bad, what, known in ((~np.isin(image_ids, list(ids)), "image id", "images.txt"),
-                                 (~np.isin(part_ids, list(part_index)), "part id", "parts/parts.txt")):
-            if bad.any():
-                first = int(np.argmax(bad))
-                value = image_ids[first] if what == "image id" else part_ids[first]
-                raise CUBFormatError(f"{path}, line {rows[first][0]}: {what} {value} is not in {known}")
-        lookup_row = {i: row_of.get(i, -1) for i in ids}
-        row = np.array([lookup_row[i] for i in image_ids.tolist()], dtype=np.int64)
-        part = np.array([part_index[p] for p in part_ids.tolist()], dtype=np.int64)
-        keep = row >= 0
-        keypoints = np.zeros((len(row_of), len(part_index), 3), dtype=np.float32)
-        keypoints[row[keep], part[keep]] = table[keep, 2:]
-        return torch.from_numpy(keypoints)
+        chosen = np.flatnonzero(is_train[:, 0] == SPLITS[split])
+        self.image_ids = image_ids[chosen]
+        self.paths = [self.root / "images" / image_paths[k] for k in chosen]
+        self.labels = labels[chosen]
+        self.boxes = torch.from_numpy(boxes[chosen].astype(np.float32))
+        self.keypoints = torch.from_numpy(keypoints[chosen])
+
+    def _labels(self, image_ids: np.ndarray, image_paths: list[str]) -> np.ndarray:
+        """0-based labels in images.txt order; sets ``num_classes`` and ``class_names``."""
+        path = self.root / "image_class_labels.txt"
+        lines, values = _per_image(path, "image_id class_id", image_ids)
+        class_ids = _integers(path, lines, values[:, 0], "class id")
+        classes = self.root / "classes.txt"
+        if classes.is_file():
+            class_lines, ids, names = _named(classes)
+            self.num_classes = len(ids)
+            _check(classes, class_lines, (ids < 1) | (ids > self.num_classes),
+                   lambda k: f"class id {ids[k]} is not in 1..{self.num_classes} (one line per class)")
+            _unique(classes, class_lines, ids, lambda k: f"class id {ids[k]}")
+            self.class_names = [names[k] for k in np.argsort(ids)]
+            where = f"classes.txt (1..{self.num_classes})"
+        else:
+            self.num_classes = int(class_ids.max(initial=0))
+            folders = {c: p.split("/")[0] for c, p in zip(class_ids.tolist(), image_paths, strict=True)}
+            self.class_names = [folders.get(c, str(c)) for c in range(1, self.num_classes + 1)]
+            where = "1..N"
+        _check(path, lines, (class_ids < 1) | (class_ids > self.num_classes),
+               lambda k: f"class id {class_ids[k]} is not in {where}")
+        return class_ids - 1
+
+    def _part_locations(self, image_ids: np.ndarray) -> np.ndarray:
+        """float32 ``[N, K, 3]`` keypoints in images.txt order; sets ``part_names``."""
+        parts = self.root / "parts" / "parts.txt"
+        part_lines, part_ids, names = _named(parts)
+        _unique(parts, part_lines, part_ids, lambda k: f"part id {part_ids[k]}")
+        part_order = np.argsort(part_ids)
+        self.part_names = tuple(names[k] for k in part_order)
+
+        path = self.root / "parts" / "part_locs.txt"
+        lines, table = _numbers(path, "image_id part_id x y visible")
+        image = _integers(path, lines, table[:, 0], "image id")
+        part = _integers(path, lines, table[:, 1], "part id")
+        _check(path, lines, ~np.isin(image, image_ids),
+               lambda k: f"mismatched ids, image id {image[k]} is not in images.txt")
+        _check(path, lines, ~np.isin(part, part_ids),
+               lambda k: f"part id {part[k]} is not in parts/parts.txt")
+        _check(path, lines, (table[:, 4] != 0) & (table[:, 4] != 1),
+               lambda k: f"visible {table[k, 4]:g} is not 0 or 1")
+        image_order = np.argsort(image_ids)
+        row = image_order[np.searchsorted(image_ids, image, sorter=image_order)]
+        column = np.searchsorted(part_ids, part, sorter=part_order)
+        _unique(path, lines, row * len(part_ids) + column,
+                lambda k: f"image id {image[k]}, part id {part[k]}")
+        keypoints = np.zeros((len(image_ids), len(part_ids), 3), dtype=np.float32)
+        keypoints[row, column] = table[:, 2:]
+        return keypoints
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        item = {"image": read_image(self.paths[i]), "label": self.labels[i], "index": i,
+        item = {"image": read_image(self.paths[i]), "label": int(self.labels[i]), "index": i,
                 "keypoints": self.keypoints[i].clone(), "bbox": self.boxes[i].clone()}
         if self.crop is not None:
             item = self.crop(item)
