@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -21,9 +22,10 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         self.root, self.split, self.transform = Path(root), split, transform
         reference = self.root / "train"
         folder = self.root / split
-        for d in {reference, folder}:
+        for d in dict.fromkeys((reference, folder)):
             if not d.is_dir():
-                raise FileNotFoundError(f"image folder {d} does not exist (expected ROOT/{{train,test}}/<class>/)")
+                raise FileNotFoundError(f"image folder {d} does not exist "
+                                        "(expected ROOT/{train,test}/<class>/<image>)")
         self.class_names = sorted(p.name for p in reference.iterdir() if p.is_dir())
         self.num_classes = len(self.class_names)
         unknown = sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name not in self.class_names)
@@ -46,7 +48,8 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         return self.transform(item) if self.transform else item
 
 
-def build_imagefolder(root: str | Path | None, split: str, transform: Callable | None = None) -> ImageFolderDataset:
+def build_imagefolder(root: str | Path | None, split: str,
+                      transform: Callable | None = None) -> ImageFolderDataset:
     """The ``imagefolder`` DatasetSpec's build."""
     if root is None:
         raise ValueError("dataset 'imagefolder' needs --root: a folder ROOT/{train,test}/<class>/<image>")
