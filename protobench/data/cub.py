@@ -161,7 +161,7 @@ class CUB200(torch.utils.data.Dataset):
         self.keypoints = torch.from_numpy(keypoints[chosen])
 
     def _labels(self, image_ids: np.ndarray, image_paths: list[str]) -> np.ndarray:
-        """0-based labels in images.txt order; sets ``num_classes`` and ``class_names``."""
+        """0-based labels in the order of ``image_ids``; sets ``num_classes`` and ``class_names``."""
         path = self.root / "image_class_labels.txt"
         lines, values = _per_image(path, "image_id class_id", image_ids)
         class_ids = _integers(path, lines, values[:, 0], "class id")
@@ -184,7 +184,7 @@ class CUB200(torch.utils.data.Dataset):
         return class_ids - 1
 
     def _part_locations(self, image_ids: np.ndarray) -> np.ndarray:
-        """float32 ``[N, K, 3]`` keypoints in images.txt order; sets ``part_names``."""
+        """float32 ``[N, K, 3]`` keypoints in the order of ``image_ids``; sets ``part_names``."""
         parts = self.root / "parts" / "parts.txt"
         part_lines, part_ids, names = _named(parts)
         _unique(parts, part_lines, part_ids, lambda k: f"part id {part_ids[k]}")
