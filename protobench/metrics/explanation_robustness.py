@@ -262,7 +262,7 @@ def hoffmann_spec(eps: float) -> MetricSpec:
         return PrototypeRelocation(model, eps, context.seed)
 
     return MetricSpec(name=f"hoffmann_{eps_name(eps)}", compute=build, higher_is_better=False,
-                      needs=frozenset({"prototypes"}), paper=PAPER_HOFFMANN, costly=True)
+                      needs=frozenset({"prototypes"}), paper=PAPER_HOFFMANN, costly=True, default=False)
 
 
 TOP_PROTOTYPE_STABILITY = MetricSpec(name="top_prototype_stability", compute=_top_prototype_stability,
