@@ -12,14 +12,16 @@ the full objective of :mod:`.losses`; weight decay applies to the backbone and a
 Departures: the paper starts from an ImageNet-pretrained backbone. Without a weights file (no
 download ever), ``pretrain_epochs > 0`` stands in for that pretraining: the backbone is first
 trained as a plain classifier (global average pooling and a throwaway linear head, cross-entropy,
-Adam at ``pretrain_lr``) on the training split. From scratch, the official objective otherwise
-collapses: the cluster cost (0.8) outweighs the cross-entropy, whose gradient through the log
-similarity is tiny at the large initial distances, so all latent patches and prototypes meet at
-one point (cross-entropy stays at log C). The official run ends with plain joint epochs after its last push and the authors
-pick a pushed checkpoint by test accuracy; here the recipe always ends with a push and a
-last-layer stage (added after the final epoch if that is not a push epoch), and the final model
-is the one evaluated. Data augmentation is the harness's (random shift and flip) instead of the
-official offline Augmentor set (rotation, skew, shear, flip).
+Adam at ``pretrain_lr``, the backbone's weight decay) on the training split. From scratch the
+official objective collapses: the cluster cost (0.8) outweighs the cross-entropy, whose gradient
+through the log similarity is tiny at the large initial distances, so all latent patches and
+prototypes meet at one point and the cross-entropy stays at log C (measured on synthbirds).
+
+The official run ends with plain joint epochs after its last push and the authors pick a pushed
+checkpoint by test accuracy; here the recipe always ends with a push and a last-layer stage
+(added after the final epoch if that is not a push epoch), and the final model is the one
+evaluated. Data augmentation is the harness's (random shift and flip) instead of the official
+offline Augmentor set (rotation, skew, shear, flip).
 """
 
 from __future__ import annotations
