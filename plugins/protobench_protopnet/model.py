@@ -9,7 +9,9 @@ Backbone ``f`` (any timm CNN) -> add-on 1x1 convolutions ending in a Sigmoid -> 
 Departures from the official code: the backbone comes from timm and is never downloaded
 (pretrained weights only from a local file); the model takes ``[0, 1]`` images and normalises
 them itself; the distances are always computed in float32, outside autocast, since the
-expansion ``||z||^2 - 2 z.p + ||p||^2`` cancels badly in half precision.
+expansion ``||z||^2 - 2 z.p + ||p||^2`` cancels badly in half precision; prototypes are 1x1
+(the paper's shape; the official code's larger prototype kernels are not offered), so the
+official all-ones convolution for ``||z||^2`` is a channel sum.
 """
 
 from __future__ import annotations

@@ -2,14 +2,16 @@
 
 ``paper`` is the official settings.py (VGG-19 at 224 px, 10 prototypes per class of depth 128,
 "regular" add-on layers, Adam with the official learning rates, warm-up 5 epochs, 1000 epochs,
-push every 10 epochs from epoch 10, 20 last-layer epochs per push). Pretrained ImageNet weights,
-which the paper starts from, must be given as a local file under ``weights``.
+push every 10 epochs from epoch 10, 20 last-layer epochs per push, batch 80, push batch 75).
+Pretrained ImageNet weights, which the paper starts from, must be given as a local file under
+``weights`` (``pretrain_epochs`` is 0 here; without weights the backbone starts from scratch).
 
 ``quick`` is sized for synthbirds at 64 px on two CPU cores (see the profile's comments): the
 paper's prototype layer (10 prototypes per class, depth 128, "regular" add-on layers), losses,
 warm-up/last-layer learning rates and push, with a small timm backbone (resnet10t at output
-stride 16), batch 32, compressed stage lengths, and a short classifier pretraining of the backbone
-standing in for the paper's ImageNet weights.
+stride 16), batch 32, compressed stage lengths (one push), a joint backbone learning rate of 1e-3
+instead of 1e-4, and a short classifier pretraining of the backbone standing in for the paper's
+ImageNet weights.
 """
 
 from __future__ import annotations
