@@ -293,6 +293,7 @@ def gallery(
     if settings.store.has(key) and settings.store.get(key)["value"] is not None:
         per = settings.store.get(key)["detail"]["per_prototype"]
         for p, (ok, part, freq) in enumerate(zip(per["consistent"], per["part"], per["max_part_frequency"])):
-            verdicts[p] = f"{'consistent' if ok else 'inconsistent'}: {part} in {freq:.0%} of its class's images"
+            found = f"{part} in {freq:.0%} of its class's images" if freq > 0 else "no part in its region"
+            verdicts[p] = f"{'consistent' if ok else 'inconsistent'}: {found}"
     return write_gallery(net, test, out_dir, push=push, k=k, prototypes=prototypes, verdicts=verdicts,
                          device=device, progress=progress)
