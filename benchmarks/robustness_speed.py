@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from protobench.contract import EvalContext, Explanation, MetricSpec, PrototypeModel
+from protobench.data.synthbirds import build_synthbirds
 from protobench.metrics.adversarial import ADVERSARIAL_METRICS, PGD_STEPS
 from protobench.metrics.certified import CERTIFIED_ACCURACY
 from protobench.metrics.explanation_robustness import (
@@ -40,28 +41,8 @@ from protobench.metrics.explanation_robustness import (
 
 SIZE = 64
 CLASSES = 24
-PARTS = ["beak", "crown", "wing", "tail", "leg"]
 TEST_FRACTION = 0.3  # synthbirds' default share of test images per class
 BACKWARD_COST = 2.0  # forward passes per backward pass: rule of thumb for the predicted multiple
-
-
-class RandomBirds(Dataset):
-    """Items made from their index: random image, label and keypoints."""
-
-    part_names = PARTS
-    num_classes = CLASSES
-
-    def __init__(self, n: int):
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        g = torch.Generator().manual_seed(i)
-        keypoints = torch.cat([torch.rand(len(PARTS), 2, generator=g) * SIZE, torch.ones(len(PARTS), 1)], dim=1)
-        return {"image": torch.rand(3, SIZE, SIZE, generator=g), "label": i % CLASSES, "index": i,
-                "keypoints": keypoints}
 
 
 class TimmProtoNet(PrototypeModel):
@@ -87,15 +68,8 @@ class TimmProtoNet(PrototypeModel):
 
 def build(images: int) -> tuple[PrototypeModel, Dataset, str]:
     """The model and test data to measure, and a line saying which they are."""
-    try:
-        from protobench.data.synthbirds import build_synthbirds
-    except ImportError:
-        data: Dataset = RandomBirds(images)
-        data_name = "random images with random keypoints"
-    else:
-        per_class = math.ceil(images / CLASSES / TEST_FRACTION) + 1  # enough test images, no more to render
-        data = build_synthbirds(None, "test", None, images_per_class=per_class, workers=1)
-        data_name = "synthbirds (test split)"
+    per_class = math.ceil(images / CLASSES / TEST_FRACTION) + 1  # enough test images, no more to render
+    data = build_synthbirds(None, "test", None, images_per_class=per_class, workers=1)
     try:
         from protobench.plugins import discover
 
@@ -106,8 +80,8 @@ def build(images: int) -> tuple[PrototypeModel, Dataset, str]:
         model = TimmProtoNet(data.num_classes)
         model_name = f"timm resnet18 + ProtoPNet head (ProtoPNet plugin unavailable: {type(error).__name__})"
     subset = Subset(data, range(min(images, len(data))))
-    subset.part_names = getattr(data, "part_names", PARTS)  # type: ignore[attr-defined]
-    return model.eval(), subset, f"model: {model_name}; data: {data_name}, {len(subset)} images of {SIZE} px"
+    subset.part_names = data.part_names  # type: ignore[attr-defined]
+    return model.eval(), subset, f"model: {model_name}; data: synthbirds (test split), {len(subset)} images of {SIZE} px"
 
 
 def passes(spec: MetricSpec) -> tuple[str, float | None]:
