@@ -10,10 +10,9 @@ skip misclassified images; an untrained model misclassifies almost all): the tim
 Hoffmann et al.'s attack tries up to 5 prototypes per image in turn, so its pass count depends on when it
 succeeds; the run prints the mean number of rounds it needed.
 
-The model is ProtoPNet from its plugin (``quick`` profile: resnet18, 64 px, untrained) when the plugin
+The model is ProtoPNet from its plugin (``quick`` profile, 64 px, untrained) when the plugin
 loads, else a small timm CNN with a ProtoPNet-like head; the data is the synthbirds test split (64 px).
-``certified_accuracy`` is timed only for a model
-with ``certified_margin`` (neither of these has one). ``corruption_accuracy`` is timed when
+``certified_accuracy`` is timed only for a model with ``certified_margin`` (neither of these has one). ``corruption_accuracy`` is timed when
 ``protobench.metrics.corruption`` exists. Run: ``python benchmarks/robustness_speed.py [--images N]``.
 """
 
