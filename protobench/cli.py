@@ -7,8 +7,9 @@ import json
 import os
 import sys
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from protobench import checkpoint, harness, leaderboard
 from protobench.check import regressions

@@ -11,8 +11,9 @@ Plugin authors write against these names. Conventions every part relies on:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn

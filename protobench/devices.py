@@ -14,7 +14,7 @@ def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` picks CUDA (this process's local rank under torchrun), then MPS, then CPU."""
     if name == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")

@@ -9,19 +9,20 @@ parts in the part vector), grey outside. The title carries the consistency verdi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from torch.utils.data import DataLoader, Dataset  # noqa: E402
+import matplotlib.pyplot as plt
+import torch
+from torch.utils.data import DataLoader, Dataset
 
-from protobench.contract import PrototypeModel  # noqa: E402
-from protobench.metrics.part_vectors import part_vectors  # noqa: E402
-from protobench.regions import prototype_regions  # noqa: E402
+from protobench.contract import PrototypeModel
+from protobench.metrics.part_vectors import part_vectors
+from protobench.regions import prototype_regions
 
 
 def top_activations(model: PrototypeModel, dataset: Dataset, k: int, device: torch.device,

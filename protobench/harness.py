@@ -10,9 +10,10 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torchmetrics
@@ -21,12 +22,11 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from protobench import __version__, checkpoint
 from protobench.contract import EvalContext, MetricResult, MetricSpec, PrototypeModel, TrainData
 from protobench.data.transforms import eval_transform, train_transform
-from protobench.gallery import write_gallery
 from protobench.devices import barrier, init_distributed, resolve_device, seed_everything
+from protobench.gallery import write_gallery
 from protobench.plugins import Registry
 from protobench.progress import progress as default_progress
 from protobench.store import RecordKey, ResultStore
-
 
 #: Test images fed to costly metrics per profile (0 = all). ``quick``: 24 (one per synthbirds class on
 #: average), since one PGD step costs a forward and a backward pass and a 2-core CPU manages about ten
@@ -159,7 +159,7 @@ def evaluate(
     store = settings.store
     names = metrics or sorted(name for name, spec in registry.metrics.items() if spec.default)
     specs = [registry.metric(n) for n in names]
-    key = lambda name: RecordKey(settings.dataset, settings.profile, model, settings.seed, name)  # noqa: E731
+    key = lambda name: RecordKey(settings.dataset, settings.profile, model, settings.seed, name)
     todo = [s for s in specs if not store.has(key(s.name))]
     if todo:
         device = resolve_device(settings.device)

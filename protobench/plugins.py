@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 import pluggy
@@ -114,7 +114,7 @@ def discover(only: set[str] | None = None) -> Registry:
         registry.plugins.append(info)
         try:
             manager.register(ep.load(), name=ep.name)
-        except Exception as exc:  # a broken plugin must not take the others down
+        except Exception as exc:  # noqa: BLE001 - a broken plugin must not take the others down
             info.error = f"{type(exc).__name__}: {exc}"
             registry.errors.append(f"plugin {ep.name!r} ({info.distribution}) failed to load: {info.error}")
             continue
@@ -125,7 +125,7 @@ def discover(only: set[str] | None = None) -> Registry:
             info = infos[impl.plugin_name]
             try:
                 specs = impl.function()
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a raising hook must not take the others down
                 info.error = f"{type(exc).__name__}: {exc}"
                 registry.errors.append(
                     f"plugin {info.name!r} ({info.distribution}) raised in protobench_{kind}: {info.error}"
@@ -140,7 +140,7 @@ def _only_from_env() -> set[str] | None:
     return {n.strip() for n in value.split(",") if n.strip()} or None
 
 
-@lru_cache(maxsize=None)
+@cache
 def _cached(only: frozenset[str] | None) -> Registry:
     return discover(set(only) if only else None)
 

@@ -8,9 +8,10 @@ every record already on disk.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from protobench.atomic import write_json_atomic
 

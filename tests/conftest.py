@@ -164,7 +164,7 @@ def toy_cli(tmp_path):
 
     def run(*args: str, extra_env: dict[str, str] | None = None, **kwargs) -> subprocess.CompletedProcess:
         cmd = [sys.executable, "-m", "protobench.cli", *args]
-        return subprocess.run(cmd, cwd=tmp_path, env={**env, **(extra_env or {})}, capture_output=True,
+        return subprocess.run(cmd, check=False, cwd=tmp_path, env={**env, **(extra_env or {})}, capture_output=True,
                               text=True, timeout=120, **kwargs)
 
     run.env = env  # type: ignore[attr-defined]

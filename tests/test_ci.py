@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_readme_opens_with_the_two_commands_and_ci_runs_them():
     readme = (ROOT / "README.md").read_text()
-    blocks = re.findall(r"^```bash\n(.*?)\n```$", readme, flags=re.S | re.M)
+    blocks = re.findall(r"^```bash\n(.*?)\n```$", readme, flags=re.DOTALL | re.MULTILINE)
     assert len(blocks) >= 2
     first_two = readme.index(blocks[1]) < readme.index("## ")  # nothing but prose before them
     assert first_two

@@ -115,13 +115,13 @@ def test_torchrun_sharded_eval_equals_single_process(toy_cli):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
            "-m", "protobench.cli", "eval", "--dataset", "colours", "--model", "toy_a", "--metrics", "hits",
            "--batch-size", "5"]
-    done = subprocess.run(cmd, cwd=toy_cli.cwd, env=toy_cli.env, capture_output=True, text=True, timeout=180)
+    done = subprocess.run(cmd, check=False, cwd=toy_cli.cwd, env=toy_cli.env, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-2000:]
     sharded = json.loads((toy_cli.cwd / ".protobench/results/colours/quick/toy_a/seed0/hits.json").read_text())
     assert sharded["detail"]["total"] == single["detail"]["total"] == 24
     assert sharded["value"] == single["value"]
     (toy_cli.cwd / ".protobench/results/colours/quick/toy_a/seed0/counted.json").unlink()
-    refused = subprocess.run(cmd[:-4] + ["--metrics", "counted"], cwd=toy_cli.cwd, env=toy_cli.env,
+    refused = subprocess.run(cmd[:-4] + ["--metrics", "counted"], check=False, cwd=toy_cli.cwd, env=toy_cli.env,
                              capture_output=True, text=True, timeout=180)
     assert refused.returncode != 0 and "metric 'counted' cannot be reduced across 2 processes" in refused.stderr
 

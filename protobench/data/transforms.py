@@ -7,7 +7,8 @@ to a new item; keypoints are ``[K, 3]`` (x, y, visible) in pixels, the box is (x
 from __future__ import annotations
 
 import random
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -66,7 +67,7 @@ class CropToBox:
     """Crop to the item's ``bbox`` (CUB's optional crop); keypoints move with it."""
 
     def __call__(self, item: Item) -> Item:
-        x, y, bw, bh = (int(round(v)) for v in item["bbox"].tolist())
+        x, y, bw, bh = (round(v) for v in item["bbox"].tolist())
         image = item["image"]
         h, w = image.shape[-2:]
         x0, y0 = max(0, x), max(0, y)
