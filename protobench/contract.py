@@ -18,6 +18,9 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
+#: Leaderboard sections, in the order the tables show them (``MetricSpec.group``).
+GROUPS = ("accuracy", "interpretability", "faithfulness", "robustness")
+
 #: Capabilities a metric may need; the harness records "not applicable" where one is missing.
 NEEDS = frozenset({"prototypes", "contributions", "keypoints", "interventions", "certified_margin"})
 
@@ -171,6 +174,7 @@ class MetricSpec:
     A ``costly`` metric (many passes per image: attacks, corruptions) is fed only the images of a
     deterministic, evenly spaced subset of the test split whose size the profile sets (the
     harness's ``Settings.costly_images``); a metric with ``default=False`` runs only when named.
+    ``group`` is the leaderboard section the metric is shown in (:data:`GROUPS`; empty: "other").
     """
 
     name: str
@@ -180,6 +184,7 @@ class MetricSpec:
     paper: str = ""
     costly: bool = False
     default: bool = True
+    group: str = ""
 
     def __post_init__(self) -> None:
         unknown = set(self.needs) - NEEDS

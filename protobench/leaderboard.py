@@ -1,7 +1,9 @@
 """Leaderboard tables: ``leaderboards/<dataset>.md`` (pandas + tabulate) and the same numbers as json.
 
 A row is a (model, profile); a metric's value is the mean over the seeds that have it. A metric
-that does not apply to a model shows as ``n/a``, never as 0; one not computed shows as ``—``.
+that does not apply to a model shows as ``n/a``, never as 0; one not computed shows as ``—``. The
+markdown has one table per metric group (``MetricSpec.group``): the models with their accuracy first,
+then interpretability, faithfulness, robustness and other metrics.
 """
 
 from __future__ import annotations
@@ -14,10 +16,24 @@ from typing import Any
 import pandas as pd
 
 from protobench.atomic import write_atomic, write_json_atomic
+from protobench.contract import GROUPS
 from protobench.plugins import Registry
 from protobench.store import ResultStore
 
 NOT_APPLICABLE, MISSING = "n/a", "—"
+OTHER = "other"
+
+
+def _grouped(names: set[str], registry: Registry | None) -> dict[str, list[str]]:
+    """Metric names by leaderboard section (:data:`~protobench.contract.GROUPS` order, then "other"),
+    each section in registration order (names the registry does not know last, sorted)."""
+    specs = registry.metrics if registry else {}
+    known = [n for n in specs if n in names] + sorted(names - set(specs))
+    sections: dict[str, list[str]] = {g: [] for g in (*GROUPS, OTHER)}
+    for name in known:
+        group = specs[name].group if name in specs else ""
+        sections[group if group in sections else OTHER].append(name)
+    return {g: ms for g, ms in sections.items() if ms}
 
 
 def table(store: ResultStore, dataset: str, registry: Registry | None = None) -> dict[str, Any]:
@@ -53,8 +69,9 @@ def table(store: ResultStore, dataset: str, registry: Registry | None = None) ->
             "train_seconds": info.get("train_seconds"),
             "metrics": metrics,
         })
-    ordered = ["accuracy"] + sorted(metric_names - {"accuracy"})
-    return {"dataset": dataset, "metrics": [m for m in ordered if m in metric_names], "rows": rows}
+    sections = _grouped(metric_names, registry)
+    return {"dataset": dataset, "metrics": [m for ms in sections.values() for m in ms], "groups": sections,
+            "rows": rows}
 
 
 def _cell(entry: dict[str, Any] | None) -> str:
@@ -66,26 +83,44 @@ def _cell(entry: dict[str, Any] | None) -> str:
     return text + (f" ± {entry['std']:.3f}" if len(entry["seeds"]) > 1 else "")
 
 
-def markdown(data: dict[str, Any], registry: Registry | None = None) -> str:
-    """Render :func:`table`'s dict as a markdown page."""
+def _frame(data: dict[str, Any], names: list[str], overview: bool) -> str:
     frame = pd.DataFrame([
         {
             "model": row["model"],
             "profile": row["profile"],
-            "backbone": row["backbone"],
-            "params (M)": f"{row['parameters'] / 1e6:.2f}" if row["parameters"] else MISSING,
-            "prototypes": row["prototypes"],
-            **{name: _cell(row["metrics"].get(name)) for name in data["metrics"]},
+            **({
+                "backbone": row["backbone"],
+                "params (M)": f"{row['parameters'] / 1e6:.2f}" if row["parameters"] else MISSING,
+                "prototypes": row["prototypes"],
+                "train (s)": f"{row['train_seconds']:.0f}" if row.get("train_seconds") is not None else MISSING,
+            } if overview else {}),
+            **{name: _cell(row["metrics"].get(name)) for name in names},
         }
         for row in data["rows"]
     ])
+    return frame.to_markdown(index=False, disable_numparse=True)
+
+
+def markdown(data: dict[str, Any], registry: Registry | None = None) -> str:
+    """Render :func:`table`'s dict as a markdown page: one table per metric group, then what each metric is."""
     lines = [f"# protobench leaderboard: {data['dataset']}", ""]
-    lines.append(frame.to_markdown(index=False, disable_numparse=True) if len(frame) else "_no results yet_")
-    lines += ["", f"`{NOT_APPLICABLE}`: the metric does not apply to the model; `{MISSING}`: not computed.", ""]
+    if not data["rows"]:
+        return "\n".join([*lines, "_no results yet_", ""])
+    sections = data.get("groups") or {OTHER: data["metrics"]}
+    overview = sections.get("accuracy", [])
+    lines += ["## models", "", _frame(data, overview, overview=True), ""]
+    for group, names in sections.items():
+        if group != "accuracy":
+            lines += [f"## {group}", "", _frame(data, names, overview=False), ""]
+    lines += [f"`{NOT_APPLICABLE}`: the metric does not apply to the model; `{MISSING}`: not computed.", "",
+              "## metrics", ""]
+    described: dict[tuple[str, str], list[str]] = {}
     for name in data["metrics"]:
         spec = registry.metrics.get(name) if registry else None
         direction = "higher is better" if (spec.higher_is_better if spec else True) else "lower is better"
-        lines.append(f"- **{name}** ({direction}): {spec.paper if spec else ''}".rstrip(": "))
+        described.setdefault((direction, spec.paper if spec else ""), []).append(name)
+    for (direction, paper), names in described.items():
+        lines.append(f"- **{', '.join(names)}** ({direction}): {paper}".rstrip(": "))
     return "\n".join(lines) + "\n"
 
 

@@ -7,7 +7,7 @@ import torch
 
 from protobench import checkpoint, leaderboard
 from protobench.check import regressions
-from protobench.contract import Explanation, ModelSpec, PrototypeModel
+from protobench.contract import Explanation, MetricSpec, ModelSpec, PrototypeModel
 from protobench.plugins import Registry
 from protobench.store import RecordKey, ResultStore, StoreError
 
@@ -43,6 +43,22 @@ def test_leaderboard_means_over_seeds_and_marks_not_applicable(tmp_path):
     assert row["metrics"]["consistency"]["value"] is None
     md = leaderboard.markdown(data)
     assert "0.700 ± 0.141" in md and "| n/a" in md and "2.00" in md
+
+
+def test_leaderboard_groups_metrics_into_sections_in_registration_order(tmp_path):
+    store = ResultStore(tmp_path)
+    for metric, value in [("accuracy", 0.9), ("zz_robust", 0.5), ("aa_robust", 0.4), ("faith", 0.3), ("mine", 1.0)]:
+        _put(store, "m", metric, 0, value)
+    spec = lambda name, group: MetricSpec(name=name, compute=lambda m, c: None, paper="same paper", group=group)
+    registry = Registry(metrics={s.name: s for s in [spec("accuracy", "accuracy"), spec("zz_robust", "robustness"),
+                                                     spec("faith", "faithfulness"), spec("aa_robust", "robustness")]})
+    data = leaderboard.table(store, "ds", registry)
+    assert data["groups"] == {"accuracy": ["accuracy"], "faithfulness": ["faith"],
+                              "robustness": ["zz_robust", "aa_robust"], "other": ["mine"]}
+    md = leaderboard.markdown(data, registry)
+    sections = [line for line in md.splitlines() if line.startswith("## ")]
+    assert sections == ["## models", "## faithfulness", "## robustness", "## other", "## metrics"]
+    assert "- **accuracy, faith, zz_robust, aa_robust** (higher is better): same paper" in md
 
 
 def test_check_directions_and_tolerance():

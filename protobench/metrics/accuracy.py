@@ -41,4 +41,5 @@ def _accuracy(model: PrototypeModel, context: EvalContext) -> Accuracy:
     return Accuracy(model.num_classes)
 
 
-ACCURACY = MetricSpec(name="accuracy", compute=_accuracy, higher_is_better=True, paper="top-1 accuracy")
+ACCURACY = MetricSpec(name="accuracy", compute=_accuracy, higher_is_better=True, paper="top-1 accuracy",
+                      group="accuracy")

@@ -234,7 +234,7 @@ def robust_accuracy_spec(attack: str, eps: float) -> MetricSpec:
         return RobustAccuracy(model, attack, eps, context.seed)
 
     return MetricSpec(name=f"{attack}_{eps_name(eps)}", compute=build, higher_is_better=True, paper=_PAPERS[attack],
-                      costly=True, default=attack != "autoattack")
+                      costly=True, default=attack != "autoattack", group="robustness")
 
 
 #: The default adversarial columns: PGD and FGSM at every epsilon of :data:`EPSILONS`.

@@ -81,4 +81,5 @@ CERTIFIED_ACCURACY = MetricSpec(
     higher_is_better=True,
     needs=frozenset({"certified_margin"}),
     paper=PAPER,
+    group="robustness",
 )

@@ -89,4 +89,5 @@ CONSISTENCY = MetricSpec(
     higher_is_better=True,
     needs=frozenset({"prototypes", "keypoints"}),
     paper=PAPER,
+    group="interpretability",
 )

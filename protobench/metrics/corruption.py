@@ -95,6 +95,7 @@ CORRUPTION_ACCURACY = MetricSpec(
     compute=_corruption_accuracy,
     higher_is_better=True,
     costly=True,
+    group="robustness",
     paper=("Hendrycks & Dietterich, Benchmarking Neural Network Robustness to Common Corruptions and "
            "Perturbations, ICLR 2019 (ImageNet-C corruptions as defined by imagecorruptions; mean accuracy "
            f"over {len(CORRUPTIONS)} corruptions x 5 severities, not AlexNet-normalised mCE)"),

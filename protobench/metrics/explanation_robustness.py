@@ -262,14 +262,16 @@ def hoffmann_spec(eps: float) -> MetricSpec:
         return PrototypeRelocation(model, eps, context.seed)
 
     return MetricSpec(name=f"hoffmann_{eps_name(eps)}", compute=build, higher_is_better=False,
-                      needs=frozenset({"prototypes"}), paper=PAPER_HOFFMANN, costly=True, default=False)
+                      needs=frozenset({"prototypes"}), paper=PAPER_HOFFMANN, costly=True, default=False,
+                      group="robustness")
 
 
 TOP_PROTOTYPE_STABILITY = MetricSpec(name="top_prototype_stability", compute=_top_prototype_stability,
-                                     higher_is_better=True, needs=frozenset({"prototypes"}), paper=PAPER_NOISE)
+                                     higher_is_better=True, needs=frozenset({"prototypes"}), paper=PAPER_NOISE,
+                                     group="robustness")
 PART_VECTOR_ROBUSTNESS = MetricSpec(name="part_vector_robustness", compute=_part_vector_robustness,
                                     higher_is_better=True, needs=frozenset({"prototypes", "keypoints"}),
-                                    paper=PAPER_NOISE)
+                                    paper=PAPER_NOISE, group="robustness")
 HOFFMANN_METRICS: list[MetricSpec] = [hoffmann_spec(e) for e in EPSILONS]
 #: Every metric of this module.
 EXPLANATION_ROBUSTNESS_METRICS: list[MetricSpec] = [TOP_PROTOTYPE_STABILITY, PART_VECTOR_ROBUSTNESS, *HOFFMANN_METRICS]

@@ -119,4 +119,5 @@ STABILITY = MetricSpec(
     higher_is_better=True,
     needs=frozenset({"prototypes", "keypoints"}),
     paper=PAPER,
+    group="interpretability",
 )
