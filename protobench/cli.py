@@ -13,6 +13,8 @@ from typing import Any
 
 from protobench import checkpoint, harness, leaderboard
 from protobench.check import regressions
+from protobench.data.transforms import eval_transform
+from protobench.devices import resolve_device
 from protobench.harness import Settings
 from protobench.plugins import PluginError, Registry, registry
 from protobench.store import StoreError
@@ -125,17 +127,39 @@ def cmd_gallery(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    reg = _registry()
+    settings = _settings(args)
+    device = resolve_device(settings.device)
+    net, _ = harness.load_trained(reg, args.model, settings, device)
+    if not hasattr(net, "describe"):
+        raise ValueError(f"model {args.model!r} cannot explain a single image (it has no describe method)")
+    transform = eval_transform(net.input_size)
+    test = harness.build_split(reg, settings, "test", transform)
+    if not 0 <= args.index < len(test):
+        raise ValueError(f"--index {args.index} is outside the test split (0 .. {len(test) - 1})")
+    item, names = test[args.index], getattr(test, "class_names", None)
+    print(net.describe(item, class_names=names))
+    if args.out:
+        if not hasattr(net, "draw_explanation"):
+            raise ValueError(f"model {args.model!r} cannot draw an explanation (it has no draw_explanation method)")
+        push = harness.build_split(reg, settings, "train", transform)
+        print(f"wrote {net.draw_explanation(item, args.out, push, class_names=names)}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="protobench", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
-    def common(q: argparse.ArgumentParser) -> None:
+    def common(q: argparse.ArgumentParser, leaderboard_out: bool = True) -> None:
         q.add_argument("--dataset", default="synthbirds", help="registered dataset (default: synthbirds)")
         q.add_argument("--profile", default="quick", help="quick (laptop CPU) or paper (the paper's settings)")
         q.add_argument("--seed", type=int, default=0)
         q.add_argument("--root", default=None, help="dataset directory (CUB-200-2011, image folder)")
         q.add_argument("--workdir", default=".protobench", help="checkpoints and results (default: .protobench)")
-        q.add_argument("--out", default="leaderboards", help="leaderboard directory (default: leaderboards)")
+        if leaderboard_out:
+            q.add_argument("--out", default="leaderboards", help="leaderboard directory (default: leaderboards)")
         q.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
         q.add_argument("--batch-size", type=int, default=64, help="evaluation batch size")
         q.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
@@ -171,6 +195,12 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--gallery-dir", default=None, help="default: galleries/<dataset>/<model>")
     common(q)
     q.set_defaults(func=cmd_gallery)
+    q = sub.add_parser("explain", help="print (and draw) how a model decides on one test image")
+    q.add_argument("--model", required=True)
+    q.add_argument("--index", type=int, required=True, help="test-split index of the image")
+    q.add_argument("--out", default=None, metavar="FILE", help="also draw the explanation as a PNG")
+    common(q, leaderboard_out=False)
+    q.set_defaults(func=cmd_explain)
     q = sub.add_parser("check", help="exit 1 if the results regress against the committed leaderboard")
     q.add_argument("--baseline", default=None, help="baseline json (default: <out>/<dataset>.json)")
     q.add_argument("--tolerance", type=float, default=0.02, help="allowed absolute worsening (default 0.02)")
