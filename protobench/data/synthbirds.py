@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from torch.nn import functional as F
 
 from protobench.data.synthbirds_classes import (
     MAX_CLASSES,
@@ -31,13 +32,19 @@ from protobench.data.synthbirds_classes import (
     BirdClass,
     PartAttributes,
     classes,
+    classes_at_distance,
+    contrast_classes,
     differing_parts,
+    minimal_sufficient_part_sets,
+    shared_parts,
+    varying_parts,
 )
 from protobench.data.synthbirds_render import Nuisance, Rendering, render, sample_scene
 
 __all__ = [
     "PAPER_OPTIONS", "PART_NAMES", "QUICK_OPTIONS", "BirdClass", "PartAttributes", "Rendering",
-    "SynthBirds", "SynthBirdsConfig", "build_synthbirds", "class_table", "differing_parts", "render_image",
+    "SynthBirds", "SynthBirdsConfig", "build_synthbirds", "class_table", "classes_at_distance", "contrast_classes",
+    "differing_parts", "minimal_sufficient_part_sets", "render_image", "shared_parts", "varying_parts",
     "write_cub_layout",
 ]
 
@@ -151,6 +158,12 @@ def render_image(config: SynthBirdsConfig, split: str, index: int, removed_parts
     return render(scene, bird, config.resolution, removed_parts, frozenset(removed_objects))
 
 
+def background_objects(config: SynthBirdsConfig, split: str, index: int) -> tuple[int, ...]:
+    """Indices of image ``index``'s background objects (the clutter behind the bird; not the twig in front)."""
+    rng = np.random.default_rng([config.seed, SPLITS.index(split), index])
+    return tuple(j for j, obj in enumerate(sample_scene(rng, config.nuisance).objects) if not obj.in_front)
+
+
 def _render_arrays(job: tuple[SynthBirdsConfig, str, Sequence[int]]) -> tuple[np.ndarray, ...]:
     """Images, keypoints and boxes of some images of a split."""
     config, split, indices = job
@@ -246,6 +259,34 @@ class SynthBirds(torch.utils.data.Dataset):
         r = self.render(index, parts, objects)
         return self._item(index, torch.from_numpy(r.image).permute(2, 0, 1), torch.from_numpy(r.keypoints),
                           torch.from_numpy(r.bbox))
+
+    def background_objects(self, index: int) -> tuple[int, ...]:
+        """Indices (for ``render_without``'s ``objects``) of image ``index``'s background objects."""
+        return background_objects(self.config, self.split, index)
+
+    def maps(self, index: int, size: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image ``index``'s part map and object map (``LongTensor[H, W]``, see :class:`Rendering`).
+
+        With ``size`` they are resized (nearest neighbour) to ``size``, e.g. the size of items made by a
+        resizing transform (the evaluation transform); a transform that crops or flips is not followed.
+        """
+        r = self.render(index)
+        maps = torch.from_numpy(np.stack([r.part_map, r.object_map])).long()
+        if size is not None and tuple(size) != maps.shape[-2:]:
+            maps = F.interpolate(maps[None].float(), size=tuple(size), mode="nearest-exact")[0].long()
+        return maps[0], maps[1]
+
+    def minimal_sufficient_part_sets(self, label: int) -> list[frozenset[str]]:
+        """See :func:`protobench.data.synthbirds_classes.minimal_sufficient_part_sets`."""
+        return minimal_sufficient_part_sets(self.classes, label)
+
+    def contrast_classes(self, label: int) -> tuple[int, int] | None:
+        """See :func:`protobench.data.synthbirds_classes.contrast_classes`."""
+        return contrast_classes(self.classes, label)
+
+    def shared_parts(self, a: int, b: int) -> frozenset[str]:
+        """See :func:`protobench.data.synthbirds_classes.shared_parts`."""
+        return shared_parts(self.classes, a, b)
 
 
 def build_synthbirds(root: str | Path | None, split: str, transform: Callable[[dict], dict] | None = None,

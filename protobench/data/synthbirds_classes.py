@@ -17,8 +17,12 @@ parts (back, belly, nape, throat, beak, eye, legs) look the same in every class.
 
 from __future__ import annotations
 
+import functools
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+import numpy as np
 
 #: The parts every bird is drawn from; part ``k`` is ``k + 1`` in a part map.
 PART_NAMES: tuple[str, ...] = (
@@ -123,3 +127,71 @@ def classes(num_classes: int) -> list[BirdClass]:
 def differing_parts(a: BirdClass, b: BirdClass) -> tuple[str, ...]:
     """The parts whose attributes differ between two classes (their part distance is its length)."""
     return tuple(p for p in PART_NAMES if a.parts[p] != b.parts[p])
+
+
+def varying_parts(table: Sequence[BirdClass]) -> tuple[str, ...]:
+    """The parts whose attributes differ between some classes of ``table`` (the others identify nothing)."""
+    return tuple(p for p in PART_NAMES if len({c.parts[p] for c in table}) > 1)
+
+
+def classes_at_distance(table: Sequence[BirdClass], target: int, n: int) -> list[int]:
+    """Indices of the classes ``n`` parts away from class ``target``, in table order.
+
+    FunnyBirds (Hesse et al., ICCV 2023; visinf/funnybirds-framework ``datasets/funny_birds.py``,
+    ``get_classes_with_distance_n``): the distance is the number of parts whose attributes differ.
+    """
+    return [c.index for c in table if len(differing_parts(table[target], c)) == n]
+
+
+@functools.lru_cache(maxsize=8)
+def _minimal_sufficient_masks(table: tuple[BirdClass, ...], target: int) -> tuple[int, ...]:
+    k = len(PART_NAMES)
+    subsets = np.arange(1, 1 << k)
+    bits = 1 << np.arange(k)
+    shared = [sum(int(bits[i]) for i, p in enumerate(PART_NAMES) if c.parts[p] == table[target].parts[p])
+              for c in table if c.index != target]
+    # a part set is sufficient when no other class shows all of its parts' attributes
+    insufficient = np.zeros(len(subsets) + 1, dtype=bool)
+    for mask in shared:
+        insufficient[subsets[(subsets & ~mask) == 0]] = True
+    sufficient = ~insufficient
+    sufficient[0] = False
+    minimal = [int(s) for s in subsets if sufficient[s] and not any(sufficient[s & ~int(b)] for b in bits if s & b)]
+    return tuple(minimal)
+
+
+def minimal_sufficient_part_sets(table: Sequence[BirdClass], target: int) -> list[frozenset[str]]:
+    """The minimal part sets whose attributes tell class ``target`` apart from every other class of ``table``.
+
+    FunnyBirds (Hesse et al., ICCV 2023, Sec. 4.2 "Completeness", CSDC; visinf/funnybirds-framework
+    ``datasets/funny_birds.py``, ``get_minimal_sufficient_part_sets``): a set is sufficient when no other class
+    has the same attributes on all of its parts, minimal when no proper subset is sufficient. Computed over
+    bit masks of the 11 parts instead of lists of attribute strings (the same sets).
+    """
+    masks = _minimal_sufficient_masks(tuple(table), target)
+    return [frozenset(p for i, p in enumerate(PART_NAMES) if m >> i & 1) for m in masks]
+
+
+def contrast_classes(table: Sequence[BirdClass], target: int, shared: int = 2) -> tuple[int, int] | None:
+    """Two classes that each share ``shared`` parts with ``target``, the two shared sets disjoint; or None.
+
+    FunnyBirds' target sensitivity (Hesse et al., ICCV 2023, Sec. 4.2 "Contrastivity"; visinf/funnybirds-
+    framework ``evaluation_protocols.py``, ``target_sensitivity_protocol``): among the classes at part distance
+    3 of its 5 parts (sharing 2), the first pair in table order whose shared parts are disjoint. Named
+    departure: synthbirds' parts that look the same in every class are left out of the count (only
+    :func:`varying_parts` are shared or not), so "sharing 2 parts" means the same as in FunnyBirds, where all
+    parts vary; where no such pair exists, None (the reference would reuse the last pair it tried).
+    """
+    varying = varying_parts(table)
+    candidates = [c.index for c in table
+                  if len(varying) - len(set(differing_parts(table[target], c)) & set(varying)) == shared]
+    for i, first in enumerate(candidates):
+        for second in candidates[i + 1:]:
+            if shared_parts(table, target, first).isdisjoint(shared_parts(table, target, second)):
+                return first, second
+    return None
+
+
+def shared_parts(table: Sequence[BirdClass], a: int, b: int) -> frozenset[str]:
+    """The varying parts (:func:`varying_parts`) on which classes ``a`` and ``b`` look the same."""
+    return frozenset(varying_parts(table)) - set(differing_parts(table[a], table[b]))

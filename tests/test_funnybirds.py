@@ -1,0 +1,212 @@
+"""FunnyBirds protocols on a tiny synthbirds whose birds never move, with toy models known by construction."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from protobench.contract import EvalContext, Explanation, PrototypeModel
+from protobench.data.synthbirds import PART_NAMES, build_synthbirds
+from protobench.data.synthbirds_classes import (
+    PALETTE,
+    classes,
+    classes_at_distance,
+    contrast_classes,
+    differing_parts,
+    minimal_sufficient_part_sets,
+    shared_parts,
+)
+from protobench.metrics.funnybirds import FUNNYBIRDS_METRICS, relevant, single_deletion_correlation
+from protobench.metrics.funnybirds_pass import OPTION_KEY, THRESHOLDS
+
+#: Two classes (blue plain wing, blue barred wing) that differ in the wing only; birds in a fixed pose,
+#: flat light, no twig: the wing covers the same pixels in every image and its colours are exact.
+STILL = {"num_classes": 2, "images_per_class": 4, "test_fraction": 0.5, "resolution": 32, "scale_range": (1, 1),
+         "max_rotation": 0, "max_shift": 0, "flip": False, "occluder_probability": 0, "lighting": 0}
+
+
+@pytest.fixture(scope="module")
+def birds():
+    return build_synthbirds(None, "test", **STILL)
+
+
+def colour_share(images: Tensor, colour: str, mask: Tensor) -> Tensor:
+    """Per image and pixel, 1 where the pixel has the palette colour exactly, within ``mask``."""
+    target = torch.tensor(PALETTE[colour], dtype=torch.float32)[:, None, None] / 255
+    return ((images - target).abs().amax(1) < 0.5 / 255).float() * mask
+
+
+class WingReader(PrototypeModel):
+    """Reads the wing only: logit 0 = blue share of the wing's pixels (minus 0.1), logit 1 = 3 x black share.
+
+    Prototype 0 (class 0) lights up on blue wing pixels, prototype 1 (class 1) on black ones; both regions are
+    the wing's box (the ``regions`` hook).
+    """
+
+    def __init__(self, wing: Tensor):
+        super().__init__()
+        self.num_classes, self.input_size, self.config = 2, wing.shape, {}
+        self.register_buffer("prototype_classes", torch.tensor([0, 1]))
+        self.wing = wing.float()
+        ys, xs = wing.nonzero(as_tuple=True)
+        self.box = torch.tensor([xs.min(), ys.min(), xs.max(), ys.max()])
+
+    def explain(self, x: Tensor) -> Explanation:
+        shares = torch.stack([colour_share(x, "blue", self.wing), colour_share(x, "black", self.wing)], 1)
+        fractions = shares.sum((2, 3)) / self.wing.sum()
+        contributions = torch.diag_embed(fractions * torch.tensor([1.0, 3.0]))
+        logits = contributions.sum(1) - torch.tensor([0.1, 0.0])
+        return Explanation(logits, F.avg_pool2d(shares, 4), contributions)
+
+    def regions(self, explanation: Explanation, image_size: tuple[int, int]) -> Tensor:
+        return self.box.expand(len(explanation.logits), 2, 4)
+
+
+class Constant(PrototypeModel):
+    """Ignores its input: logits (1, 0) for every image; a black box (no prototypes)."""
+
+    def __init__(self):
+        super().__init__()
+        self.num_classes, self.input_size, self.config = 2, (32, 32), {}
+        self.register_buffer("prototype_classes", torch.zeros(0, dtype=torch.long))
+        self.bias = torch.nn.Parameter(torch.tensor([1.0, 0.0]))
+
+    def explain(self, x: Tensor) -> Explanation:
+        logits = self.bias.expand(len(x), 2) + 0 * x.sum((1, 2, 3))[:, None]
+        return Explanation(logits, x.new_zeros(len(x), 0, 1, 1))
+
+
+class BackgroundReader(Constant):
+    """Reads the background only: its evidence is the share of non-bird pixels showing an object's colour."""
+
+    def __init__(self, bird: Tensor):
+        super().__init__()
+        self.outside = (~bird).float()
+
+    def explain(self, x: Tensor) -> Explanation:
+        colours = ("red", "blue", "yellow", "green", "slate", "cream", "brown", "orange", "white")
+        objects = sum(colour_share(x, c, self.outside) for c in colours).sum((1, 2)) / self.outside.sum()
+        objects = objects + 0 * x.sum((1, 2, 3))  # piecewise constant: Integrated Gradients gives 0
+        return Explanation(objects[:, None] * torch.tensor([2.0, 1.0]), x.new_zeros(len(x), 0, 1, 1))
+
+
+def evaluate(model: PrototypeModel, dataset, batch_size: int = 2) -> dict:
+    context = EvalContext(dataset=dataset, device=torch.device("cpu"))
+    states = {spec.name: spec.compute(model, context) for spec in FUNNYBIRDS_METRICS}
+    for start in range(0, len(dataset), batch_size):
+        items = [dataset[i] for i in range(start, min(len(dataset), start + batch_size))]
+        batch = {key: torch.stack([torch.as_tensor(item[key]) for item in items]) for key in items[0]}
+        with torch.no_grad():
+            explanation = model.explain(batch["image"])
+        for state in states.values():
+            state.update(batch, explanation)
+    results = {name: state.compute() for name, state in states.items()}
+    results["pass"] = context.options[OPTION_KEY]
+    return results
+
+
+def test_minimal_sufficient_part_sets_follow_the_class_table():
+    assert minimal_sufficient_part_sets(classes(2), 0) == [frozenset({"wing"})]
+    table = classes(24)  # crown is red or blue, each arrangement plain or barred
+    for target in range(24):
+        sets = minimal_sufficient_part_sets(table, target)
+        for part_set in sets:
+            others = [c for c in table if c.index != target and not set(differing_parts(c, table[target])) & part_set]
+            assert not others  # sufficient: no other class looks the same on these parts
+            for part in part_set:  # minimal: dropping any part lets another class in
+                smaller = part_set - {part}
+                assert any(not set(differing_parts(c, table[target])) & smaller
+                           for c in table if c.index != target)
+    # class 0: crown red, wing blue, breast yellow, tail green, plain wing
+    assert set(minimal_sufficient_part_sets(table, 0)) == {frozenset({"wing", "breast"}), frozenset({"wing", "tail"})}
+
+
+def test_contrast_classes_each_share_two_disjoint_parts_with_the_target():
+    table = classes(24)
+    for target in range(24):
+        first, second = contrast_classes(table, target)
+        a, b = shared_parts(table, target, first), shared_parts(table, target, second)
+        assert len(a) == len(b) == 2 and a.isdisjoint(b)
+    assert contrast_classes(classes(2), 0) is None
+    assert classes_at_distance(classes(2), 0, 1) == [1]
+
+
+def test_relevance_needs_a_five_percent_drop():
+    original = torch.tensor(10.0)
+    assert relevant(original, torch.tensor([9.0, 9.6, 10.5, 9.5])).tolist() == [True, False, False, True]
+    assert relevant(torch.tensor(-10.0), torch.tensor([-10.4, -10.6])).tolist() == [False, True]
+
+
+def test_single_deletion_correlation_is_spearman_and_nan_when_constant():
+    assert single_deletion_correlation(np.array([3.0, 1, 2]), np.array([30.0, 10, 20])) == pytest.approx(1)
+    assert single_deletion_correlation(np.array([3.0, 1, 2]), np.array([1.0, 5, 2])) == pytest.approx(-1)
+    assert np.isnan(single_deletion_correlation(np.zeros(3), np.array([1.0, 2, 3])))
+
+
+def test_background_objects_and_maps_follow_the_rendering(birds):
+    full = birds.render(1)
+    parts, objects = birds.maps(1)
+    assert np.array_equal(parts.numpy(), full.part_map) and np.array_equal(objects.numpy(), full.object_map)
+    assert birds.background_objects(1) == tuple(range(len(full.objects)))  # no twig in STILL
+    small_parts, _ = birds.maps(1, (16, 16))
+    assert small_parts.shape == (16, 16) and set(small_parts.unique().tolist()) <= set(parts.unique().tolist())
+
+
+def test_wing_reader_scores_follow_from_the_class_table(birds):
+    wing = birds.maps(0)[0] == PART_NAMES.index("wing") + 1
+    model = WingReader(wing)
+    assert [int(model(birds[i]["image"][None]).argmax()) for i in range(len(birds))] == [0, 1, 0, 1]
+    results = evaluate(model, birds)
+    # background objects lie behind the bird, so they never touch the wing's pixels
+    assert results["funnybirds_bi"].value == 1.0
+    completeness = results["funnybirds_completeness"].detail
+    curves = completeness["curves"]
+    # the minimal sufficient set is {wing}; the wing lies inside the prototypes' regions at every threshold
+    assert curves["csdc"] == [1.0] * len(THRESHOLDS)
+    # keeping the important parts keeps the wing: the prediction survives
+    assert curves["pc"] == [1.0] * len(THRESHOLDS)
+    # removing the wing leaves logits (-0.1, 0): class 1, a change for the class-0 images only
+    assert curves["dc"] == [0.5] * len(THRESHOLDS)
+    # only the wing matters, so the explanation calls ever fewer irrelevant parts important as t grows
+    assert all(a <= b for a, b in zip(curves["d"], curves["d"][1:]))
+    assert results["funnybirds_completeness"].value == pytest.approx(
+        ((completeness["csdc"] + completeness["pc"] + completeness["dc"]) / 3 + completeness["d"]) / 2)
+    # the wing has both the only logit drop and the largest importance
+    assert results["funnybirds_correctness"].value > 0.5
+    outcome = results["pass"]._outcomes[0]
+    assert int(outcome.importance.argmax()) == PART_NAMES.index("wing")
+    drops = outcome.logits[outcome.label] - outcome.part_removed[:, outcome.label]
+    assert drops.nonzero().flatten().tolist() == [PART_NAMES.index("wing")]
+    # two classes cannot give a pair of contrast classes
+    assert results["funnybirds_contrastivity"].value is None
+
+
+def test_model_ignoring_the_input(birds):
+    results = evaluate(Constant(), birds)
+    assert results["funnybirds_bi"].value == 1.0
+    completeness = results["funnybirds_completeness"]
+    # Integrated Gradients is 0: nothing is important; the prediction never changes; nothing distracts
+    assert (completeness.detail["csdc"], completeness.detail["pc"], completeness.detail["dc"],
+            completeness.detail["d"]) == (0.0, 1.0, 0.0, 1.0)
+    assert completeness.value == pytest.approx(2 / 3)
+    assert completeness.detail["csdc_images"] == 2  # the class-0 images are the correct ones
+    assert results["funnybirds_correctness"].value is None  # no logit drop anywhere: no rank correlation
+    assert results["funnybirds_correctness"].detail["skipped"] == len(birds)
+
+
+def test_model_reading_the_background_depends_on_it(birds):
+    bird = birds.maps(0)[0] > 0
+    results = evaluate(BackgroundReader(bird), birds)
+    bi = results["funnybirds_bi"]
+    assert bi.value < 1.0 and bi.detail["objects"] == sum(len(birds.background_objects(i)) for i in range(4))
+
+
+def test_the_protocols_share_one_set_of_interventions(birds):
+    wing = birds.maps(0)[0] == PART_NAMES.index("wing") + 1
+    shared = evaluate(WingReader(wing), birds, batch_size=4)["pass"]
+    assert len(shared.log) == len(set(shared.log))
+    per_image = len(PART_NAMES) + sum(len(birds.background_objects(i)) for i in range(4)) / 4
+    assert len(shared.log) <= 4 * (per_image + 2 * len(PART_NAMES))  # singles + distinct PC / DC sets
