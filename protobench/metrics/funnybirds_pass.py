@@ -211,7 +211,10 @@ class FunnyBirdsPass:
                 for c in outcome.contrast["classes"]:
                     rows.append(b), targets.append(c), roles.append((outcome, "contrast"))
         if rows:
-            importance, important = self._importances(images, explanation, masks, rows, targets)
+            pairs = list(dict.fromkeys(zip(rows, targets)))  # each (image, class) explained once
+            importance, important = self._importances(images, explanation, masks, *map(list, zip(*pairs)))
+            where = [pairs.index(pair) for pair in zip(rows, targets)]
+            importance, important = importance[where], important[where]
             for n, (outcome, role) in enumerate(roles):
                 slots = k + outcome.objects
                 if role == "target":
