@@ -1,8 +1,8 @@
 """Pixel attribution maps for one class: prototype regions for prototype models, Integrated Gradients otherwise.
 
 Prototype models follow the FunnyBirds ProtoPNet explainer (Hesse, Schaub-Meyer and Roth, "FunnyBirds: A
-Synthetic Vision Dataset for a Part-Based Analysis of Explainable AI Methods", ICCV 2023, Sec. 4 and
-supplement "ProtoPNet"; code github visinf/funnybirds, ``funnybirds_complete/explainers/explainer_wrapper.py``,
+Synthetic Vision Dataset for a Part-Based Analysis of Explainable AI Methods", ICCV 2023, the ProtoPNet
+explanations of its evaluation; code github visinf/funnybirds, ``funnybirds_complete/explainers/explainer_wrapper.py``,
 ``ProtoPNetExplainer.explain`` / ``get_part_importance``): the attribution for class ``c`` is the sum, over
 the prototypes of ``c``, of each prototype's image region (a 0/1 mask) times its similarity times its
 last-layer connection to ``c``. Here the weight is ``Explanation.contributions[:, p, c]`` (for ProtoPNet

@@ -163,7 +163,7 @@ def _minimal_sufficient_masks(table: tuple[BirdClass, ...], target: int) -> tupl
 def minimal_sufficient_part_sets(table: Sequence[BirdClass], target: int) -> list[frozenset[str]]:
     """The minimal part sets whose attributes tell class ``target`` apart from every other class of ``table``.
 
-    FunnyBirds (Hesse et al., ICCV 2023, Sec. 4.2 "Completeness", CSDC; visinf/funnybirds-framework
+    FunnyBirds (Hesse et al., ICCV 2023, completeness, the CSDC; visinf/funnybirds-framework
     ``datasets/funny_birds.py``, ``get_minimal_sufficient_part_sets``): a set is sufficient when no other class
     has the same attributes on all of its parts, minimal when no proper subset is sufficient. Computed over
     bit masks of the 11 parts instead of lists of attribute strings (the same sets).
@@ -175,7 +175,7 @@ def minimal_sufficient_part_sets(table: Sequence[BirdClass], target: int) -> lis
 def contrast_classes(table: Sequence[BirdClass], target: int, shared: int = 2) -> tuple[int, int] | None:
     """Two classes that each share ``shared`` parts with ``target``, the two shared sets disjoint; or None.
 
-    FunnyBirds' target sensitivity (Hesse et al., ICCV 2023, Sec. 4.2 "Contrastivity"; visinf/funnybirds-
+    FunnyBirds' target sensitivity (Hesse et al., ICCV 2023, contrastivity; visinf/funnybirds-
     framework ``evaluation_protocols.py``, ``target_sensitivity_protocol``): among the classes at part distance
     3 of its 5 parts (sharing 2), the first pair in table order whose shared parts are disjoint. Named
     departure: synthbirds' parts that look the same in every class are left out of the count (only

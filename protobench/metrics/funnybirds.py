@@ -2,7 +2,7 @@
 contrastivity.
 
 Hesse, Schaub-Meyer and Roth, "FunnyBirds: A Synthetic Vision Dataset for a Part-Based Analysis of
-Explainable AI Methods", ICCV 2023, Sec. 4.2; every definition and constant follows its code, github
+Explainable AI Methods", ICCV 2023, the evaluation protocols; every definition and constant follows its code, github
 visinf/funnybirds-framework ``evaluation_protocols.py`` (function named per metric below) and
 ``evaluate_explainability.py`` (how the threshold curves are summarised). The shared interventions and part
 importances come from :mod:`protobench.metrics.funnybirds_pass`.
