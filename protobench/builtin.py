@@ -13,6 +13,7 @@ from protobench.metrics.certified import CERTIFIED_ACCURACY
 from protobench.metrics.consistency import CONSISTENCY
 from protobench.metrics.corruption import CORRUPTION_ACCURACY
 from protobench.metrics.explanation_robustness import EXPLANATION_ROBUSTNESS_METRICS
+from protobench.metrics.funnybirds import FUNNYBIRDS_METRICS
 from protobench.metrics.stability import STABILITY
 
 
@@ -41,5 +42,5 @@ def protobench_datasets() -> list[DatasetSpec]:
 
 @hookimpl
 def protobench_metrics() -> list[MetricSpec]:
-    return [ACCURACY, CONSISTENCY, STABILITY, *ADVERSARIAL_METRICS, AUTOATTACK, *EXPLANATION_ROBUSTNESS_METRICS,
-            CERTIFIED_ACCURACY, CORRUPTION_ACCURACY]
+    return [ACCURACY, CONSISTENCY, STABILITY, *FUNNYBIRDS_METRICS, *ADVERSARIAL_METRICS, AUTOATTACK,
+            *EXPLANATION_ROBUSTNESS_METRICS, CERTIFIED_ACCURACY, CORRUPTION_ACCURACY]

@@ -210,3 +210,33 @@ def test_the_protocols_share_one_set_of_interventions(birds):
     assert len(shared.log) == len(set(shared.log))
     per_image = len(PART_NAMES) + sum(len(birds.background_objects(i)) for i in range(4)) / 4
     assert len(shared.log) <= 4 * (per_image + 2 * len(PART_NAMES))  # singles + distinct PC / DC sets
+
+
+def test_states_reduce_across_shards_like_one_pass(birds):
+    """What torchrun does: each process sees a shard; the reduced states equal one pass over all images."""
+    model = WingReader(birds.maps(0)[0] == PART_NAMES.index("wing") + 1)
+    whole = evaluate(model, birds)
+    halves = [evaluate_states(model, birds, shard) for shard in (range(0, 4, 2), range(1, 4, 2))]
+    for spec in FUNNYBIRDS_METRICS:
+        merged = halves[0][spec.name]
+        merged.merge_state(halves[1][spec.name])
+        result, expected = merged.compute(), whole[spec.name]
+        assert (result.value is None) == (expected.value is None)
+        assert result.value == pytest.approx(expected.value)
+        if spec.name == "funnybirds_completeness":
+            for name, curve in expected.detail["curves"].items():
+                assert result.detail["curves"][name] == pytest.approx(curve)
+
+
+def evaluate_states(model: PrototypeModel, dataset, indices) -> dict:
+    """The protocol states after feeding the images ``indices`` one at a time (not computed)."""
+    context = EvalContext(dataset=dataset, device=torch.device("cpu"))
+    states = {spec.name: spec.compute(model, context) for spec in FUNNYBIRDS_METRICS}
+    for i in indices:
+        item = dataset[i]
+        batch = {key: torch.as_tensor(value)[None] for key, value in item.items()}
+        with torch.no_grad():
+            explanation = model.explain(batch["image"])
+        for state in states.values():
+            state.update(batch, explanation)
+    return states

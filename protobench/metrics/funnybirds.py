@@ -9,8 +9,8 @@ importances come from :mod:`protobench.metrics.funnybirds_pass`.
 
 Named departures for all protocols: parts are synthbirds' 11 named parts (FunnyBirds: 5), the images are the
 harness's evenly spaced test subset (``costly``; FunnyBirds: its whole test split or ``--nr_itrs`` images),
-and every protocol sees the same images. The states are plain Python (not torchmetrics), so these metrics
-do not run under torchrun with more than one process.
+and every protocol sees the same images. The states are torchmetrics states (counts summed, per-image scores
+concatenated), so the metrics reduce across processes under torchrun.
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ from typing import Any
 
 import numpy as np
 import torch
+import torchmetrics
 from scipy import stats
+from torchmetrics.utilities import dim_zero_cat
 
 from protobench.contract import EvalContext, Explanation, MetricResult, MetricSpec, PrototypeModel
 from protobench.data.synthbirds_classes import PART_NAMES
@@ -30,6 +32,8 @@ PAPER = "Hesse, Schaub-Meyer and Roth, FunnyBirds, ICCV 2023"
 #: ``background_independence_protocol`` / ``distractibility_protocol`` (``original_score * 0.05``).
 RELEVANT_DROP = 0.05
 NEEDS = frozenset({"interventions"})
+#: Completeness' per-threshold curves.
+CURVES = ("csdc", "pc", "dc", "d")
 
 
 def relevant(original: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
@@ -42,14 +46,23 @@ def relevant(original: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
     return (drop.abs() >= (RELEVANT_DROP * original).abs()) & (original > removed)
 
 
-class _Protocol:
-    """A protocol's streaming state: feeds the shared pass, keeps per-image scores."""
+def _cat(values: list[torch.Tensor] | torch.Tensor) -> torch.Tensor | None:
+    """A per-image list state as one tensor (None when empty), before or after a cross-process reduction."""
+    if isinstance(values, list) and not values:
+        return None
+    return dim_zero_cat(values).cpu()
+
+
+class _Protocol(torchmetrics.Metric):
+    """A protocol's streaming state: feeds the shared pass, keeps counts and per-image scores."""
 
     protocol = ""
+    full_state_update = False
 
     def __init__(self, model: PrototypeModel, context: EvalContext):
-        self.shared = shared_pass(model, context, self.protocol)
-        self.images = 0
+        super().__init__()
+        self.__dict__["shared"] = shared_pass(model, context, self.protocol)  # outside the module tree
+        self.add_state("images", torch.tensor(0), dist_reduce_fx="sum")
 
     def update(self, batch: dict[str, Any], explanation: Explanation) -> None:
         for outcome in self.shared.outcomes(batch, explanation):
@@ -70,7 +83,8 @@ class BackgroundIndependence(_Protocol):
 
     def __init__(self, model: PrototypeModel, context: EvalContext):
         super().__init__(model, context)
-        self.relevant = self.total = 0
+        self.add_state("relevant", torch.tensor(0), dist_reduce_fx="sum")
+        self.add_state("total", torch.tensor(0), dist_reduce_fx="sum")
 
     def score(self, outcome: ImageOutcome) -> None:
         original = outcome.logits[outcome.label]
@@ -78,10 +92,11 @@ class BackgroundIndependence(_Protocol):
         self.total += outcome.objects
 
     def compute(self) -> MetricResult:
-        if not self.total:
+        relevant_objects, total = int(self.relevant), int(self.total)
+        if not total:
             return MetricResult(None, {"reason": "no background objects in the evaluated images"})
-        return MetricResult(1 - self.relevant / self.total,
-                            {"relevant_objects": self.relevant, "objects": self.total, "images": self.images})
+        return MetricResult(1 - relevant_objects / total,
+                            {"relevant_objects": relevant_objects, "objects": total, "images": int(self.images)})
 
 
 class Completeness(_Protocol):
@@ -109,8 +124,9 @@ class Completeness(_Protocol):
 
     def __init__(self, model: PrototypeModel, context: EvalContext):
         super().__init__(model, context)
-        self.dataset = context.dataset
-        self.curves: dict[str, list[torch.Tensor]] = {"csdc": [], "pc": [], "dc": [], "d": []}
+        self.__dict__["dataset"] = context.dataset
+        for name in CURVES:
+            self.add_state(name, [], dist_reduce_fx="cat")  # one [1, T] row per counted image
 
     def score(self, outcome: ImageOutcome) -> None:
         k, label, prediction = len(PART_NAMES), outcome.label, outcome.prediction
@@ -121,29 +137,31 @@ class Completeness(_Protocol):
                 chosen = torch.tensor([p in part_set for p in PART_NAMES])
                 overlap = (important & chosen).sum(1).double() / len(part_set)
                 best = torch.maximum(best, overlap)
-            self.curves["csdc"].append(best)
-        self.curves["pc"].append((outcome.preserved.argmax(1) == prediction).double())
-        self.curves["dc"].append((outcome.deleted.argmax(1) != prediction).double())
+            self.csdc.append(best[None])
+        self.pc.append((outcome.preserved.argmax(1) == prediction).double()[None])
+        self.dc.append((outcome.deleted.argmax(1) != prediction).double()[None])
         original = outcome.logits[label]
         removed = torch.cat([outcome.part_removed[:, label], outcome.object_removed[:, label]])
         irrelevant = ~relevant(original, removed)
         if irrelevant.any():
             called = (outcome.important & irrelevant).sum(1).double() / int(irrelevant.sum())
-            self.curves["d"].append(called)
+            self.d.append(called[None])
 
     def compute(self) -> MetricResult:
-        if not self.curves["pc"]:
+        rows = {name: _cat(getattr(self, name)) for name in CURVES}
+        if rows["pc"] is None:
             return MetricResult(None, {"reason": "no evaluated images"})
         zeros = torch.zeros(len(THRESHOLDS), dtype=torch.float64)
-        curves = {name: torch.stack(v).mean(0) if v else zeros for name, v in self.curves.items()}
+        curves = {name: zeros if v is None else v.double().mean(0) for name, v in rows.items()}
         curves["d"] = 1 - curves["d"]  # distractibility_protocol: 1 - mean share; 1 when no image counts
         objective = (curves["csdc"] + curves["pc"] + curves["dc"]) / 3 + curves["d"]
         best = int(objective.argmax()) if bool((objective > 0).any()) else 0
         parts = {name: float(curve[best]) for name, curve in curves.items()}
         value = ((parts["csdc"] + parts["pc"] + parts["dc"]) / 3 + parts["d"]) / 2
         return MetricResult(value, {
-            **parts, "best_threshold": float(THRESHOLDS[best]), "images": self.images,
-            "csdc_images": len(self.curves["csdc"]), "d_images": len(self.curves["d"]),
+            **parts, "best_threshold": float(THRESHOLDS[best]), "images": int(self.images),
+            "csdc_images": 0 if rows["csdc"] is None else len(rows["csdc"]),
+            "d_images": 0 if rows["d"] is None else len(rows["d"]),
             "thresholds": [round(float(t), 6) for t in THRESHOLDS],
             "curves": {name: [round(float(v), 6) for v in curve] for name, curve in curves.items()},
         })
@@ -158,8 +176,8 @@ class Correctness(_Protocol):
 
     def __init__(self, model: PrototypeModel, context: EvalContext):
         super().__init__(model, context)
-        self.scores: list[float] = []
-        self.skipped = 0
+        self.add_state("scores", [], dist_reduce_fx="cat")
+        self.add_state("skipped", torch.tensor(0), dist_reduce_fx="sum")
 
     def score(self, outcome: ImageOutcome) -> None:
         drop = outcome.logits[outcome.label] - outcome.part_removed[:, outcome.label]
@@ -167,13 +185,13 @@ class Correctness(_Protocol):
         if np.isnan(rho):
             self.skipped += 1
         else:
-            self.scores.append(0.5 * rho + 0.5)
+            self.scores.append(torch.tensor([0.5 * rho + 0.5], dtype=torch.float64))
 
     def compute(self) -> MetricResult:
-        if not self.scores:
-            return MetricResult(None, {"reason": "no image with a defined rank correlation",
-                                       "skipped": self.skipped})
-        return MetricResult(float(np.mean(self.scores)), {"images": len(self.scores), "skipped": self.skipped})
+        scores, skipped = _cat(self.scores), int(self.skipped)
+        if scores is None:
+            return MetricResult(None, {"reason": "no image with a defined rank correlation", "skipped": skipped})
+        return MetricResult(float(scores.mean()), {"images": len(scores), "skipped": skipped})
 
 
 def single_deletion_correlation(drops: np.ndarray, importances: np.ndarray) -> float:
@@ -194,8 +212,9 @@ class Contrastivity(_Protocol):
 
     def __init__(self, model: PrototypeModel, context: EvalContext):
         super().__init__(model, context)
-        self.scores: list[float] = []
-        self.no_pair = self.assumption_wrong = 0
+        self.add_state("scores", [], dist_reduce_fx="cat")
+        self.add_state("no_pair", torch.tensor(0), dist_reduce_fx="sum")
+        self.add_state("assumption_wrong", torch.tensor(0), dist_reduce_fx="sum")
 
     def score(self, outcome: ImageOutcome) -> None:
         contrast = outcome.contrast
@@ -209,13 +228,14 @@ class Contrastivity(_Protocol):
         for n, shared in enumerate(contrast["shared"]):
             mask = torch.tensor([p in shared for p in PART_NAMES])
             own, other = (first, second) if n == 0 else (second, first)
-            self.scores.append(float(own[mask].sum() > other[mask].sum()))
+            self.scores.append(torch.tensor([float(own[mask].sum() > other[mask].sum())], dtype=torch.float64))
 
     def compute(self) -> MetricResult:
-        detail = {"images_without_class_pair": self.no_pair, "images_assumption_wrong": self.assumption_wrong}
-        if not self.scores:
+        scores = _cat(self.scores)
+        detail = {"images_without_class_pair": int(self.no_pair), "images_assumption_wrong": int(self.assumption_wrong)}
+        if scores is None:
             return MetricResult(None, {**detail, "reason": "no image with a usable class pair"})
-        return MetricResult(float(np.mean(self.scores)), {**detail, "images": len(self.scores) // 2})
+        return MetricResult(float(scores.mean()), {**detail, "images": len(scores) // 2})
 
 
 def _spec(name: str, state: type[_Protocol], function: str) -> MetricSpec:
