@@ -30,9 +30,8 @@ from dataclasses import replace
 from functools import partial
 from typing import Any
 
-from protobench.backbones import BackboneClassifier
 from protobench.contract import Progress, PrototypeModel, TrainData
-from protobench.training import ParamGroup, Phase, Step, StepSchedule, cross_entropy_objective, run_recipe
+from protobench.training import ParamGroup, Phase, Step, StepSchedule, backbone_pretraining, run_recipe
 
 from .losses import protopnet_objective
 from .push import push_prototypes
@@ -42,22 +41,6 @@ def is_push_epoch(epoch: int, config: dict[str, Any]) -> bool:
     """The official rule: ``epoch >= push_start and epoch % push_every == 0``, plus the final epoch."""
     last = epoch == config["train_epochs"] - 1
     return last or (epoch >= config["push_start"] and epoch % config["push_every"] == 0)
-
-
-def backbone_pretraining(config: dict[str, Any]) -> Step:
-    """A step that trains ``model.features`` as a plain classifier (the stand-in for pretraining)."""
-
-    def run(model: PrototypeModel, data: TrainData, progress: Progress) -> None:
-        channels = model.add_on_layers[0].in_channels
-        classifier = BackboneClassifier(model.normalize, model.features, channels, model.num_classes)
-        classifier.to(data.device)
-        phase = Phase("pretrain", config["pretrain_epochs"],
-                      (ParamGroup("backbone", config["pretrain_lr"], config["weight_decay"]),
-                       ParamGroup("head", config["pretrain_lr"])),
-                      cross_entropy_objective, {"cross_entropy": 1.0})
-        run_recipe(classifier, [phase], data, progress, batch_size=config["batch_size"])
-
-    return Step("pretrain", run)
 
 
 def protopnet_recipe(config: dict[str, Any]) -> list[Phase | Step]:
