@@ -260,3 +260,13 @@ def test_decision_path_text_and_picture(tmp_path):
     assert "node 6 (prototype 6" in text and "-> left (absent)" in text and "leaf 6:" in text
     out = model.draw_explanation(item, str(tmp_path / "path.png"), push=None)
     assert out.stat().st_size > 0
+
+
+@pytest.mark.parametrize("mode", ["distributed", "greedy", "sample_max"])
+def test_logits_stay_finite_when_leaf_probabilities_underflow(mode):
+    model = identity_tree(depth=2, inference=mode)
+    with torch.no_grad():
+        model.leaf_params.copy_(torch.tensor([[500.0, 0, 0]] * 4))
+        logits = model.explain(torch.rand(2, 3, 2, 2)).logits
+    assert torch.isfinite(logits).all() and (logits.argmax(1) == 0).all()
+    assert logits[0, 1].item() == pytest.approx(-500, abs=1e-3)

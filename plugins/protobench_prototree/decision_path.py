@@ -82,28 +82,31 @@ def _show(ax: Any, image: torch.Tensor, title: str) -> None:
 
 def draw(model: Any, item: dict[str, Any], out: str | Path, push: Dataset | None = None,
          classes: Sequence[str] | None = None) -> Path:
-    """Write the decision path of ``item`` as a PNG: one row per node, then the leaf; returns the path."""
+    """Write the decision path of ``item`` as a PNG, one column per node then the leaf; returns the path.
+
+    Top row: the node's prototype source (yellow box); bottom row: its best match on the image (green:
+    present, the path goes right; red: absent, left).
+    """
     path = decision_path(model, item)
     sources = model.prototype_sources.cpu()
-    rows = len(path["steps"]) + 1
-    fig, axes = plt.subplots(rows, 2, figsize=(4.2, 2.0 * rows), squeeze=False)
+    columns = len(path["steps"]) + 1
+    fig, axes = plt.subplots(2, columns, figsize=(1.6 * columns, 3.6), squeeze=False)
     size = tuple(item["image"].shape[-2:])
-    for (left, right), step in zip(axes, path["steps"]):
+    for top, bottom, step in zip(axes[0], axes[1], path["steps"]):
         image, row, col = sources[step["prototype"]].tolist()
         if push is not None and image >= 0:
-            _show(left, push[image]["image"], f"node {step['node']}: prototype {step['prototype']}\ntrain #{image}")
-            _cell_box(left, (row, col), step["grid"], size, "yellow")
+            _show(top, push[image]["image"], f"node {step['node']}\nprototype from #{image}")
+            _cell_box(top, (row, col), step["grid"], size, "yellow")
         else:
-            left.axis("off")
-            left.set_title(f"node {step['node']}: prototype {step['prototype']}\n(no source)", fontsize=7)
+            top.axis("off")
+            top.set_title(f"node {step['node']}\n(no source)", fontsize=7)
         branch = "right: present" if step["right"] else "left: absent"
-        _show(right, item["image"], f"similarity {step['similarity']:.2f} -> {branch}")
-        _cell_box(right, step["cell"], step["grid"], size, "lime" if step["right"] else "red")
-    left, right = axes[-1]
-    _show(left, item["image"], f"image #{int(item['index'])}, label {_name(classes, int(item['label']))}")
-    right.axis("off")
-    text = "\n".join(f"{_name(classes, c)}: {p:.2f}" for c, p in path["top"])
-    right.text(0.0, 0.5, f"leaf {path['leaf']}\n{text}", fontsize=8, va="center")
+        _show(bottom, item["image"], f"sim {step['similarity']:.2f}\n{branch}")
+        _cell_box(bottom, step["cell"], step["grid"], size, "lime" if step["right"] else "red")
+    _show(axes[0, -1], item["image"], f"image #{int(item['index'])}\nlabel {int(item['label'])}")
+    axes[1, -1].axis("off")
+    text = "\n".join(f"{_name(classes, c)[:18]}: {p:.2f}" for c, p in path["top"])
+    axes[1, -1].text(0.0, 0.5, f"leaf {path['leaf']}\n{text}", fontsize=6, va="center")
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

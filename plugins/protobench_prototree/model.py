@@ -12,7 +12,8 @@ leaf class distributions (:mod:`.leaves`). Initialisation as the official ``util
 Inference modes (``inference``; official ``SAMPLING_STRATEGIES``): ``distributed`` (soft, Eq. 3),
 ``sample_max`` (the distribution of the leaf with the highest arrival probability) and ``greedy``
 (follow the child with probability above 0.5). ``logits`` are the log of the mode's class
-distribution.
+distribution, computed in log space (``log_softmax`` of the leaf parameters) so that classes whose
+probability underflows to 0 keep finite logits.
 
 Pruning (the config key ``pruned_nodes``, see :mod:`.tree`) keeps every tensor of the full tree;
 the model's prototypes are the internal nodes of the pruned tree (buffer ``prototype_nodes``), all
@@ -185,13 +186,14 @@ class ProtoTree(PrototypeModel):
         right = tree.right_probabilities(routing.right_probabilities(), self.routing)
         leaf = self.chosen_leaves(routing, mode)
         nodes, went_right = tree.path_to_leaf(leaf, self.depth)
+        log_dist = leaf_distributions(self.leaf_params, kontschieder=self.kontschieder, log=True)
         if mode == "distributed":
-            prediction = self.soft_prediction(routing)
-            logits = prediction if routing.log else torch.log(prediction)
+            log_arrive = routing.arrive if routing.log else torch.log(routing.arrive)
+            logits = torch.logsumexp(log_arrive[:, right.shape[1]:, None] + log_dist[None], dim=1)
             arrive = routing.arrive.exp() if routing.log else routing.arrive
             arrive, q = arrive[:, : right.shape[1]], right
         else:
-            logits = torch.log(dist[leaf])
+            logits = log_dist[leaf]
             arrive = torch.zeros_like(right).scatter_(1, nodes, 1.0)
             q = torch.zeros_like(right).scatter_(1, nodes, went_right.to(right.dtype))
         values = self.node_values(dist)
