@@ -174,6 +174,8 @@ def test_prune_tree_removes_weak_subtrees_with_their_parent():
     assert prune_tree(model, 0.5) == (7, 5)
     assert model.config["pruned_nodes"] == [4] and model.prototype_nodes.tolist() == [0, 2, 3, 5, 6]
     assert model.prototype_sources[:, 0].tolist() == [0, 2, 3, 5, 6]
+    model.prune([])  # undoing the pruning: the removed nodes come back without a source
+    assert model.prototype_sources[:, 0].tolist() == [0, -1, 2, 3, -1, 5, 6]
 
 
 def push_data(n=6, size=3):
@@ -270,3 +272,22 @@ def test_logits_stay_finite_when_leaf_probabilities_underflow(mode):
         logits = model.explain(torch.rand(2, 3, 2, 2)).logits
     assert torch.isfinite(logits).all() and (logits.argmax(1) == 0).all()
     assert logits[0, 1].item() == pytest.approx(-500, abs=1e-3)
+
+
+def test_cli_explain_prints_and_draws_the_decision_path(tmp_path, capsys, monkeypatch):
+    from protobench import cli, harness
+
+    torch.manual_seed(6)
+    model = ProtoTree(tiny_config(num_classes=24, input_size=32)).eval()
+    settings = harness.Settings(workdir=tmp_path)
+    checkpoint.save(model, "prototree", settings.checkpoint_dir("prototree"))
+    out = tmp_path / "path.png"
+    common = ["--model", "prototree", "--workdir", str(tmp_path), "--device", "cpu"]
+    assert cli.main(["explain", *common, "--index", "3", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "greedy decision path of image #3" in printed and "leaf " in printed and out.stat().st_size > 0
+    assert cli.main(["explain", *common, "--index", "100000"]) == 2
+    assert "outside the test split" in capsys.readouterr().err
+    monkeypatch.setattr(harness, "load_trained", lambda *args: (nn.Identity(), {}))
+    assert cli.main(["explain", *common, "--index", "3"]) == 2
+    assert "has no describe method" in capsys.readouterr().err

@@ -125,7 +125,9 @@ class ProtoTree(PrototypeModel):
         self.config["pruned_nodes"] = sorted(int(n) for n in pruned_nodes)
         routing = tree.routing_after_pruning(self.depth, self.config["pruned_nodes"]).to(self.routing.device)
         nodes = tree.kept_nodes(routing.cpu()).to(routing.device)
-        sources = self.prototype_sources[torch.searchsorted(self.prototype_nodes, nodes)]
+        by_node = torch.full((self.routing.numel(), 3), -1, dtype=torch.long, device=nodes.device)
+        by_node[self.prototype_nodes] = self.prototype_sources
+        sources = by_node[nodes]
         self.routing, self.prototype_nodes = routing, nodes
         self.prototype_classes = torch.full_like(nodes, -1)
         self.prototype_sources = sources

@@ -6,8 +6,8 @@ row, column of the latent grid) is written to ``prototype_sources``. The model r
 in float32; ties keep the earliest image and location.
 
 As in the official run (``project_with_class_constraints``), a node only considers images whose
-label is the most probable class of some leaf of its (pruned) subtree; a node without any such
-image keeps its vector and source.
+label is the most probable class of some leaf of its (pruned) subtree. Departure: a node without
+any such image keeps its vector and source (the official code would fail on it).
 """
 
 from __future__ import annotations
