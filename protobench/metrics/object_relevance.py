@@ -1,0 +1,170 @@
+"""Object relevance: how much of the explanation falls on the object (issue 5, part 3).
+
+Follows CaBRNet's relevance analysis (Xu-Darme et al., "CaBRNet, an open-source library for developing and
+evaluating Case-Based Reasoning Models", xAI 2024; code ``cabrnet/core/evaluation/relevance_analysis.py``):
+its energy-based pointing game (``pg_energy_relevance``, after Wang et al., "Score-CAM", CVPRW 2020, its
+localisation evaluation: the share of the attribution's mass inside the object's segmentation) is the value; quantus calls the same
+quantity ``RelevanceMassAccuracy`` (Arras et al., "CLEVR-XAI", Information Fusion 2022, relevance mass accuracy). Beside it:
+
+* the pointing game (Zhang et al., "Top-down Neural Attention by Excitation Backprop", ECCV 2016, the pointing
+  game; quantus ``PointingGame``): the share of images whose attribution maximum (any of them, if tied) is inside
+  the object;
+* per prototype, the share of its region's pixels inside the object (:func:`protobench.regions.
+  prototype_regions`, the shared region function), averaged over the images that count for it (its own
+  class's, every image for a class-agnostic prototype, as the consistency score counts them); and the same
+  share for the prototype contributing most to each image's predicted class (CaBRNet's ``analyze`` with its
+  default ``num_prototypes=1``).
+
+The attribution is :func:`protobench.attribution.attribution_maps` for the predicted class: prototype regions
+weighted by contributions for a prototype model (FunnyBirds' ProtoPNet explainer), Integrated Gradients for a
+black box, so every model gets the value. The object is the dataset's own mask where it can render one
+(synthbirds' ``maps``: the bird is ``part_map > 0``), else the item's bounding box (CUB); ``detail["object"]``
+records which.
+
+Named departures: only the attribution's positive part counts (CaBRNet's attributions are non-negative;
+Integrated Gradients' are not, and a negative mass would make the share unbounded); an image whose attribution
+has no positive mass scores 0 (as CaBRNet's ``pg_energy_relevance`` returns for zero energy). CaBRNet's
+area-based pointing game (``pg_mask_relevance``, the top 10% of pixels) is not computed; its relevance analysis
+of the prototypes' own source patches (``prototypes_relevance_analysis``) is replaced by the per-prototype
+share over the test images.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torchmetrics
+from torch import Tensor
+
+from protobench.attribution import attribution_maps, box_masks, uses_prototypes
+from protobench.contract import EvalContext, Explanation, MetricResult, MetricSpec, PrototypeModel
+from protobench.metrics.part_vectors import counted_pairs
+from protobench.regions import prototype_regions
+
+PAPER = ("Xu-Darme et al., CaBRNet, xAI 2024 (relevance analysis: energy-based pointing game, after Wang et al. "
+         "Score-CAM CVPRW 2020); pointing game: Zhang et al. ECCV 2016; quantus RelevanceMassAccuracy, PointingGame")
+
+
+def object_masks(dataset: Any, batch: dict[str, Any], image_size: tuple[int, int]) -> tuple[Tensor, str] | None:
+    """``BoolTensor[B, H, W]`` of the objects and where they came from, or None when the dataset has neither."""
+    if callable(getattr(dataset, "maps", None)):
+        masks = [dataset.maps(int(i), image_size)[0] > 0 for i in batch["index"]]
+        return torch.stack(masks), "object mask"
+    if "bbox" in batch:
+        x, y, w, h = batch["bbox"].float().unbind(dim=1)
+        ys = torch.arange(image_size[0]).float()[None, :, None] + 0.5  # pixel centres
+        xs = torch.arange(image_size[1]).float()[None, None, :] + 0.5
+        inside_y = (ys >= y[:, None, None]) & (ys < (y + h)[:, None, None])
+        inside_x = (xs >= x[:, None, None]) & (xs < (x + w)[:, None, None])
+        return inside_y & inside_x, "bounding box"
+    return None
+
+
+def mass_inside(attribution: Tensor, masks: Tensor) -> Tensor:
+    """``[B]``: the share of each map's positive mass inside its mask (0 where there is none)."""
+    positive = attribution.clamp(min=0).flatten(1).double()
+    total = positive.sum(dim=1)
+    inside = (positive * masks.flatten(1)).sum(dim=1)
+    return torch.where(total > 0, inside / total.clamp(min=1e-300), torch.zeros_like(total))
+
+
+def pointing_hits(attribution: Tensor, masks: Tensor) -> Tensor:
+    """``BoolTensor[B]``: whether any of each map's maxima lies inside its mask."""
+    flat = attribution.flatten(1)
+    top = flat == flat.max(dim=1, keepdim=True).values
+    return (top & masks.flatten(1)).any(dim=1)
+
+
+def region_shares(boxes: Tensor, masks: Tensor, image: Tensor) -> Tensor:
+    """``[N]``: the share of each box's pixels inside the mask of its image (``image[n]`` indexes ``masks``)."""
+    rows, columns = box_masks(boxes, tuple(masks.shape[-2:]))
+    inside = torch.einsum("nh,nhw,nw->n", rows, masks[image].float(), columns)
+    return inside / (rows.sum(dim=1) * columns.sum(dim=1))
+
+
+class ObjectRelevance(torchmetrics.Metric):
+    """Streaming sums: attribution mass and pointing hits per image, region shares per prototype."""
+
+    full_state_update = False
+
+    def __init__(self, model: PrototypeModel, dataset: Any):
+        super().__init__()
+        self.__dict__["model"] = model  # outside the module tree: the metric's .to() and state_dict skip it
+        self.__dict__["dataset"] = dataset
+        self.object_source = ""
+        self.register_buffer("prototype_classes", model.prototype_classes.detach().clone(), persistent=False)
+        p = model.num_prototypes
+        self.add_state("mass", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("hits", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("images", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("unmasked", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("top_share", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("share", torch.zeros(p, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("counted", torch.zeros(p, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, batch: dict[str, Any], explanation: Explanation) -> None:
+        images = batch["image"].to(explanation.logits.device)
+        size = (images.shape[-2], images.shape[-1])
+        found = object_masks(self.dataset, batch, size)
+        if found is None:
+            self.unmasked += len(images)
+            return
+        masks, self.object_source = found[0].to(images.device), found[1]
+        target = explanation.logits.argmax(dim=1)
+        attribution = attribution_maps(self.model, images, target, explanation)
+        self.mass += mass_inside(attribution, masks).sum().to(self.mass.device)
+        self.hits += pointing_hits(attribution, masks).sum().to(self.hits.device)
+        self.images += len(images)
+        if not uses_prototypes(self.model, explanation):
+            return
+        pairs = counted_pairs(batch["label"], self.prototype_classes)
+        shares = region_shares(prototype_regions(self.model, explanation, size, pairs=pairs).to(images.device),
+                               masks, pairs[:, 0].to(images.device))
+        self.share.index_add_(0, pairs[:, 1].to(self.share.device), shares.double().to(self.share.device))
+        self.counted.index_add_(0, pairs[:, 1].to(self.counted.device), torch.ones_like(pairs[:, 1]).to(self.counted.device))
+        rows = torch.arange(len(target), device=target.device)
+        top = explanation.contributions[rows, :, target].argmax(dim=1)
+        top_pairs = torch.stack([rows, top], dim=1)
+        top_boxes = prototype_regions(self.model, explanation, size, pairs=top_pairs).to(images.device)
+        self.top_share += region_shares(top_boxes, masks, rows.to(images.device)).sum().double().to(self.mass.device)
+
+    def compute(self) -> MetricResult:
+        n = int(self.images)
+        if n == 0:
+            reason = "the dataset gives neither object masks nor bounding boxes" if int(self.unmasked) else "no image"
+            return MetricResult(value=None, detail={"reason": reason})
+        counted = self.counted > 0
+        per_prototype = self.share / self.counted.clamp(min=1)
+        with_prototypes = bool(counted.any())
+        return MetricResult(
+            value=float(self.mass) / n,
+            detail={
+                "object": self.object_source,
+                "images": n,
+                "attribution_mass_in_object": float(self.mass) / n,
+                "pointing_game": int(self.hits) / n,
+                "region_in_object": float(per_prototype[counted].mean()) if with_prototypes else None,
+                "top_prototype_region_in_object": float(self.top_share) / n if with_prototypes else None,
+                "per_prototype": {
+                    "region_in_object": [round(v, 6) if c else None
+                                         for v, c in zip(per_prototype.tolist(), counted.tolist())],
+                    "class": self.prototype_classes.tolist(),
+                    "images": self.counted.tolist(),
+                },
+            },
+        )
+
+
+def _object_relevance(model: PrototypeModel, context: EvalContext) -> ObjectRelevance:
+    return ObjectRelevance(model, context.dataset)
+
+
+OBJECT_RELEVANCE = MetricSpec(
+    name="object_relevance",
+    compute=_object_relevance,
+    higher_is_better=True,
+    paper=PAPER,
+    costly=True,  # a black box needs Integrated Gradients (50 forward + backward passes); synthbirds re-renders masks
+    group="faithfulness",
+)
