@@ -126,3 +126,16 @@ def test_mass_and_pointing_agree_with_quantus():
     assert mass_inside(attribution, masks).tolist() == pytest.approx(mass, abs=1e-6)
     assert pointing_hits(attribution, masks).tolist() == [bool(h) for h in hits]
     assert bool(pointing_hits(attribution, masks)[2])
+
+
+def test_synthbirds_gives_the_bird_as_the_object():
+    from protobench.data.synthbirds import build_synthbirds
+
+    data = build_synthbirds(None, "test", num_classes=2, images_per_class=4, test_fraction=0.5, resolution=32,
+                            workers=1)
+    batch = {"index": torch.tensor([0, 3]), "bbox": torch.zeros(2, 4)}
+    masks, source = object_masks(data, batch, (SIZE, SIZE))
+    assert source == "object mask"
+    for mask, index in zip(masks, [0, 3]):
+        part_map = torch.from_numpy(data.render(index).part_map)
+        assert torch.equal(mask, part_map > 0) and 0 < int(mask.sum()) < SIZE * SIZE
