@@ -1,12 +1,12 @@
-"""Cost of region deletion and object relevance as a multiple of one forward pass over the same data, in one run.
+"""Cost of region deletion and object relevance as a multiple of one forward pass over the same data.
 
-For each model (ProtoPNet and the black-box baseline from their plugins, ``quick`` profile, 64 px, untrained) and
-each metric: the time of the metric's own work (``update`` on every batch, given the shared pass's clean
-explanation, then ``compute``) divided by the time of one bare forward pass (``explain`` under no_grad) over the
-same batches of synthbirds test images. By definition region deletion runs 2 x TOP_K forward passes per image
-(plus Integrated Gradients for the black box: IG_STEPS forward + backward passes); object relevance runs none
-for a prototype model (regions and synthbirds' re-rendered masks) and Integrated Gradients for the black box.
-Run: ``python benchmarks/faithfulness_regions_speed.py [--images N] [--threads T]``.
+For each model (ProtoPNet and the black-box baseline from their plugins, ``quick`` profile, 64 px, untrained)
+and each metric: the time of the metric's own work (``update`` on every batch, given the shared pass's clean
+explanation, then ``compute``) divided by the time of one bare forward pass (``explain`` under no_grad) over
+the same batches of synthbirds test images. By definition region deletion runs 2 x TOP_K forward passes per
+image (plus Integrated Gradients for the black box: IG_STEPS forward + backward passes); object relevance runs
+none for a prototype model (regions and synthbirds' re-rendered masks) and Integrated Gradients for the black
+box. Run: ``python benchmarks/faithfulness_regions_speed.py [--images N] [--threads T]``.
 """
 
 from __future__ import annotations
@@ -86,8 +86,8 @@ def main() -> None:
                      "object_relevance": (ig.lstrip(" +") or "0 fwd") + " + re-rendering the mask"}
         for metric in (REGION_DELETION, OBJECT_RELEVANCE):
             seconds, result = metric_time(metric, model, data, prepared)
-            print(f"{name:<12}{metric.name:<18}{seconds:>9.2f}{seconds / forward:>11.1f}  {described[metric.name]}"
-                  f"  (value {result.value:.4g})")
+            print(f"{name:<12}{metric.name:<18}{seconds:>9.2f}{seconds / forward:>11.1f}  "
+                  f"{described[metric.name]}  (value {result.value:.4g})")
         print(f"{name:<12}{'forward pass':<18}{forward:>9.3f}")
 
 

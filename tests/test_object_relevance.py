@@ -1,4 +1,4 @@
-"""Object relevance on handcrafted models, masks and boxes, and agreement with quantus's localisation metrics."""
+"""Object relevance on handcrafted models, masks and boxes; agreement with quantus's localisation metrics."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ class RegionModel(PrototypeModel):
         self.register_buffer("prototype_classes", torch.tensor(classes))
         self.centres, self.logits = centres, torch.tensor(logits)
         self.weights = torch.zeros(len(classes), len(logits))
-        self.weights[torch.arange(len(classes)), torch.tensor(classes).clamp(min=0)] = torch.tensor(contributions)
+        own = torch.tensor(classes).clamp(min=0)
+        self.weights[torch.arange(len(classes)), own] = torch.tensor(contributions)
 
     def explain(self, x: torch.Tensor) -> Explanation:
         maps = torch.zeros(len(x), len(self.centres), SIZE, SIZE)
@@ -44,7 +45,8 @@ class BlackBox(PrototypeModel):
 
     def explain(self, x: torch.Tensor) -> Explanation:
         inside = x[:, 0, :8, :8].sum(dim=(1, 2))
-        return Explanation(logits=torch.stack([inside, -inside], dim=1), similarities=x.new_zeros(len(x), 0, 1, 1))
+        return Explanation(logits=torch.stack([inside, -inside], dim=1),
+                           similarities=x.new_zeros(len(x), 0, 1, 1))
 
 
 def run(model: PrototypeModel, batch: dict, dataset=None):
@@ -62,18 +64,21 @@ def left_half_batch(n: int = 2, labels=None) -> dict:
 
 
 def test_region_shares_from_the_bounding_box_follow_by_hand():
-    # Regions (11 x 11): around column 5 (all inside columns 0..15), column 15 (columns 10..20: 6 of 11 inside),
-    # column 27 (none inside). Prototype 3 belongs to class 1: no image of class 0 counts for it.
-    model = RegionModel([(16, 5), (16, 15), (16, 27), (16, 5)], [0, 0, 0, 1], [1.0, 2.0, 4.0, 1.0], [1.0, 0.0])
+    # Regions (11 x 11): around column 5 (all inside columns 0..15), column 15 (columns 10..20: 6 of 11
+    # inside), column 27 (none inside). Prototype 3 belongs to class 1: no image of class 0 counts for it.
+    centres = [(16, 5), (16, 15), (16, 27), (16, 5)]
+    model = RegionModel(centres, [0, 0, 0, 1], [1.0, 2.0, 4.0, 1.0], [1.0, 0.0])
     result = run(model, left_half_batch())
     per = result.detail["per_prototype"]
-    assert per["region_in_object"][:3] == pytest.approx([1.0, 6 / 11, 0.0]) and per["region_in_object"][3] is None
+    assert per["region_in_object"][:3] == pytest.approx([1.0, 6 / 11, 0.0])
+    assert per["region_in_object"][3] is None
     assert per["images"] == [2, 2, 2, 0]
     assert result.detail["region_in_object"] == pytest.approx((1 + 6 / 11) / 3)
     assert result.detail["top_prototype_region_in_object"] == 0.0  # prototype 2 contributes most: outside
-    # attribution = 1 * box0 + 2 * box1 + 4 * box2 (columns 22..31: 110 px): inside 121 + 2 * 66 of 121 + 242 + 440
+    # attribution = 1 * box0 + 2 * box1 + 4 * box2 (columns 22..31: 110 px): 121 + 2 * 66 of 121 + 242 + 440
     assert result.value == pytest.approx((121 + 2 * 66) / (121 + 2 * 121 + 4 * 110))
-    assert result.detail["pointing_game"] == 0.0  # the maximum (4) lies on box 2, outside (3 where 0 and 1 overlap)
+    # the maximum (4) lies on box 2, outside (boxes 0 and 1 overlap at 3, inside)
+    assert result.detail["pointing_game"] == 0.0
     assert result.detail["object"] == "bounding box"
 
 
@@ -121,8 +126,9 @@ def test_mass_and_pointing_agree_with_quantus():
     x = np.random.default_rng(0).random((5, 3, SIZE, SIZE)).astype(np.float32)
     y = np.zeros(5, dtype=int)
     a, s = attribution[:, None].numpy(), masks[:, None].numpy().astype(np.float32)
-    mass = quantus.RelevanceMassAccuracy(disable_warnings=True)(model=None, x_batch=x, y_batch=y, a_batch=a, s_batch=s)
-    hits = quantus.PointingGame(disable_warnings=True)(model=None, x_batch=x, y_batch=y, a_batch=a, s_batch=s)
+    data = {"model": None, "x_batch": x, "y_batch": y, "a_batch": a, "s_batch": s}
+    mass = quantus.RelevanceMassAccuracy(disable_warnings=True)(**data)
+    hits = quantus.PointingGame(disable_warnings=True)(**data)
     assert mass_inside(attribution, masks).tolist() == pytest.approx(mass, abs=1e-6)
     assert pointing_hits(attribution, masks).tolist() == [bool(h) for h in hits]
     assert bool(pointing_hits(attribution, masks)[2])

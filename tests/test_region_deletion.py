@@ -24,7 +24,7 @@ SIZE = 32  # px; regions are 11 x 11 (half size round(36 * 32 / 224) = 5)
 
 
 def peak_maps(centres: torch.Tensor, size: int) -> torch.Tensor:
-    """Similarity maps ``[B, P, size, size]`` (image-sized: upsampling is the identity) peaking at (y, x) centres."""
+    """Image-sized similarity maps ``[B, P, size, size]`` (upsampling is the identity) peaking at (y, x)."""
     b, p = centres.shape[:2]
     maps = torch.zeros(b, p, size, size)
     maps[torch.arange(b)[:, None], torch.arange(p)[None], centres[..., 0], centres[..., 1]] = 1.0
@@ -34,8 +34,8 @@ def peak_maps(centres: torch.Tensor, size: int) -> torch.Tensor:
 class RegionModel(PrototypeModel):
     """Prototypes with fixed regions (centres) and contributions; logits = ``read(images)``."""
 
-    def __init__(self, centres: torch.Tensor, weights: torch.Tensor, read: Callable[[torch.Tensor], torch.Tensor],
-                 size: int = SIZE):
+    def __init__(self, centres: torch.Tensor, weights: torch.Tensor,
+                 read: Callable[[torch.Tensor], torch.Tensor], size: int = SIZE):
         super().__init__()
         self.num_classes = weights.shape[1]
         self.input_size = (size, size)
@@ -46,8 +46,8 @@ class RegionModel(PrototypeModel):
     def explain(self, x: torch.Tensor) -> Explanation:
         b = len(x)
         contributions = self.weights[None].expand(b, -1, -1) * (1 + x.mean(dim=(1, 2, 3)))[:, None, None]
-        return Explanation(logits=self.read(x), similarities=peak_maps(self.centres.expand(b, -1, -1), self.size),
-                           contributions=contributions)
+        maps = peak_maps(self.centres.expand(b, -1, -1), self.size)
+        return Explanation(logits=self.read(x), similarities=maps, contributions=contributions)
 
 
 class BlackBox(PrototypeModel):
@@ -100,10 +100,12 @@ def test_control_masks_keep_each_masks_area_and_are_seeded():
 
 def test_fills():
     images = torch.rand(2, 3, 8, 8)
-    assert torch.allclose(fill_images(images, "mean", torch.arange(2), 0)[:, :, 3, 4], images.mean(dim=(2, 3)))
+    mean = fill_images(images, "mean", torch.arange(2), 0)
+    assert torch.allclose(mean[:, :, 3, 4], images.mean(dim=(2, 3)))
     noise = fill_images(images, "noise", torch.tensor([5, 6]), 0)
     assert torch.equal(noise[0], fill_images(images[:1], "noise", torch.tensor([5]), 0)[0])
-    assert torch.allclose(fill_images(torch.full((1, 3, 8, 8), 0.4), "blur", torch.arange(1), 0), torch.tensor(0.4))
+    grey = torch.full((1, 3, 8, 8), 0.4)
+    assert torch.allclose(fill_images(grey, "blur", torch.arange(1), 0), grey)
     assert torch.equal(fill_images(images, 0.25, torch.arange(2), 0), torch.full_like(images, 0.25))
     with pytest.raises(ValueError, match="unknown fill"):
         fill_images(images, "zeros", torch.arange(2), 0)
@@ -162,7 +164,8 @@ def test_a_black_box_is_scored_through_integrated_gradients():
     # (11 x 11, centred on the square) removes all of it.
     images = torch.zeros(2, 3, SIZE, SIZE)
     images[:, 0, 20:25, 3:8] = 1.0
-    result = run(BlackBox(square_reader(3, 20, 5, other=10.0)), images, [0, 0], region_deletion_top_k=2, region_deletion_fill=0.0)
+    model = BlackBox(square_reader(3, 20, 5, other=10.0))
+    result = run(model, images, [0, 0], region_deletion_top_k=2, region_deletion_fill=0.0)
     assert result.detail["regions"] == "attribution boxes"
     assert result.detail["curves"]["logit_drop"] == pytest.approx([25.0, 25.0])
     assert result.detail["accuracy_drop"] == pytest.approx(1.0)
@@ -170,13 +173,14 @@ def test_a_black_box_is_scored_through_integrated_gradients():
 
 def test_region_deletion_agrees_with_quantus_region_perturbation():
     quantus = pytest.importorskip("quantus")
-    # 33 px: regions are 11 x 11 (half size round(36 * 33 / 224) = 5), and a prototype centred on a cell of the
-    # 3 x 3 grid of 11 px patches has exactly that patch as its region: quantus's patches are our regions.
+    # 33 px: regions are 11 x 11 (half size round(36 * 33 / 224) = 5), and a prototype centred on a cell of
+    # the 3 x 3 grid of 11 px patches has exactly that patch as its region: quantus's patches are our regions.
     size, patch = 33, 11
     torch.manual_seed(0)
     centres = torch.tensor([[[5 + patch * (i // 3), 5 + patch * (i % 3)] for i in range(9)]])
     weights = torch.randn(9, 3)
-    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, 3)).eval()
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+                        nn.Linear(16, 3))
     model = RegionModel(centres, weights, net, size=size).eval()
     images = torch.rand(4, 3, size, size)
     fill, k = 0.3, 5
@@ -190,8 +194,8 @@ def test_region_deletion_agrees_with_quantus_region_perturbation():
         patch_masks[p, y - 5 : y + 6, x - 5 : x + 6] = 1.0
     contributions = explanation.contributions[torch.arange(4), :, target]  # [B, 9]
     attribution = torch.einsum("bp,phw->bhw", contributions, patch_masks)[:, None].numpy()
-    metric = quantus.RegionPerturbation(patch_size=patch, regions_evaluation=k, order="morf", perturb_baseline=fill,
-                                        normalise=False, abs=False, disable_warnings=True)
+    metric = quantus.RegionPerturbation(patch_size=patch, regions_evaluation=k, order="morf", abs=False,
+                                        perturb_baseline=fill, normalise=False, disable_warnings=True)
     curves = metric(model=model, x_batch=images.numpy(), y_batch=target.numpy(), a_batch=attribution,
                     softmax=False, device="cpu")
     mean_curve = np.mean(np.asarray(curves), axis=0)

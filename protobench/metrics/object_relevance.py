@@ -3,14 +3,15 @@
 Follows CaBRNet's relevance analysis (Xu-Darme et al., "CaBRNet, an open-source library for developing and
 evaluating Case-Based Reasoning Models", xAI 2024; code ``cabrnet/core/evaluation/relevance_analysis.py``):
 its energy-based pointing game (``pg_energy_relevance``, after Wang et al., "Score-CAM", CVPRW 2020, its
-localisation evaluation: the share of the attribution's mass inside the object's segmentation) is the value; quantus calls the same
-quantity ``RelevanceMassAccuracy`` (Arras et al., "CLEVR-XAI", Information Fusion 2022, relevance mass accuracy). Beside it:
+localisation evaluation: the share of the attribution's mass inside the object's segmentation) is the value;
+quantus calls the same quantity ``RelevanceMassAccuracy`` (Arras et al., "CLEVR-XAI", Information Fusion 2022,
+relevance mass accuracy). Beside it:
 
 * the pointing game (Zhang et al., "Top-down Neural Attention by Excitation Backprop", ECCV 2016, the pointing
-  game; quantus ``PointingGame``): the share of images whose attribution maximum (any of them, if tied) is inside
-  the object;
-* per prototype, the share of its region's pixels inside the object (:func:`protobench.regions.
-  prototype_regions`, the shared region function), averaged over the images that count for it (its own
+  game; quantus ``PointingGame``): the share of images whose attribution maximum (any of them, if tied) is
+  inside the object;
+* per prototype, the share of its region's pixels inside the object (the shared region function,
+  :func:`protobench.regions.prototype_regions`), averaged over the images that count for it (its own
   class's, every image for a class-agnostic prototype, as the consistency score counts them); and the same
   share for the prototype contributing most to each image's predicted class (CaBRNet's ``analyze`` with its
   default ``num_prototypes=1``).
@@ -24,9 +25,9 @@ records which.
 Named departures: only the attribution's positive part counts (CaBRNet's attributions are non-negative;
 Integrated Gradients' are not, and a negative mass would make the share unbounded); an image whose attribution
 has no positive mass scores 0 (as CaBRNet's ``pg_energy_relevance`` returns for zero energy). CaBRNet's
-area-based pointing game (``pg_mask_relevance``, the top 10% of pixels) is not computed; its relevance analysis
-of the prototypes' own source patches (``prototypes_relevance_analysis``) is replaced by the per-prototype
-share over the test images.
+area-based pointing game (``pg_mask_relevance``, the top 10% of pixels) is not computed; its relevance
+analysis of the prototypes' own source patches (``prototypes_relevance_analysis``) is replaced by the
+per-prototype share over the test images.
 """
 
 from __future__ import annotations
@@ -42,12 +43,15 @@ from protobench.contract import EvalContext, Explanation, MetricResult, MetricSp
 from protobench.metrics.part_vectors import counted_pairs
 from protobench.regions import prototype_regions
 
-PAPER = ("Xu-Darme et al., CaBRNet, xAI 2024 (relevance analysis: energy-based pointing game, after Wang et al. "
-         "Score-CAM CVPRW 2020); pointing game: Zhang et al. ECCV 2016; quantus RelevanceMassAccuracy, PointingGame")
+PAPER = ("Xu-Darme et al., CaBRNet, xAI 2024 (relevance analysis: energy-based pointing game, after Wang et "
+         "al. Score-CAM CVPRW 2020); pointing game: Zhang et al. ECCV 2016; quantus RelevanceMassAccuracy, "
+         "PointingGame")
 
 
-def object_masks(dataset: Any, batch: dict[str, Any], image_size: tuple[int, int]) -> tuple[Tensor, str] | None:
-    """``BoolTensor[B, H, W]`` of the objects and where they came from, or None when the dataset has neither."""
+def object_masks(
+    dataset: Any, batch: dict[str, Any], image_size: tuple[int, int]
+) -> tuple[Tensor, str] | None:
+    """``BoolTensor[B, H, W]`` of the objects and where they came from; None when the dataset has neither."""
     if callable(getattr(dataset, "maps", None)):
         masks = [dataset.maps(int(i), image_size)[0] > 0 for i in batch["index"]]
         return torch.stack(masks), "object mask"
@@ -77,7 +81,7 @@ def pointing_hits(attribution: Tensor, masks: Tensor) -> Tensor:
 
 
 def region_shares(boxes: Tensor, masks: Tensor, image: Tensor) -> Tensor:
-    """``[N]``: the share of each box's pixels inside the mask of its image (``image[n]`` indexes ``masks``)."""
+    """``[N]``: the share of each box's pixels inside its image's mask (``image[n]`` indexes ``masks``)."""
     rows, columns = box_masks(boxes, tuple(masks.shape[-2:]))
     inside = torch.einsum("nh,nhw,nw->n", rows, masks[image].float(), columns)
     return inside / (rows.sum(dim=1) * columns.sum(dim=1))
@@ -119,20 +123,23 @@ class ObjectRelevance(torchmetrics.Metric):
         if not uses_prototypes(self.model, explanation):
             return
         pairs = counted_pairs(batch["label"], self.prototype_classes)
-        shares = region_shares(prototype_regions(self.model, explanation, size, pairs=pairs).to(images.device),
-                               masks, pairs[:, 0].to(images.device))
-        self.share.index_add_(0, pairs[:, 1].to(self.share.device), shares.double().to(self.share.device))
-        self.counted.index_add_(0, pairs[:, 1].to(self.counted.device), torch.ones_like(pairs[:, 1]).to(self.counted.device))
+        boxes = prototype_regions(self.model, explanation, size, pairs=pairs).to(images.device)
+        shares = region_shares(boxes, masks, pairs[:, 0].to(images.device))
+        prototypes = pairs[:, 1].to(self.share.device)
+        self.share.index_add_(0, prototypes, shares.double().to(self.share.device))
+        self.counted.index_add_(0, prototypes, torch.ones_like(prototypes))
         rows = torch.arange(len(target), device=target.device)
         top = explanation.contributions[rows, :, target].argmax(dim=1)
         top_pairs = torch.stack([rows, top], dim=1)
         top_boxes = prototype_regions(self.model, explanation, size, pairs=top_pairs).to(images.device)
-        self.top_share += region_shares(top_boxes, masks, rows.to(images.device)).sum().double().to(self.mass.device)
+        top_shares = region_shares(top_boxes, masks, rows.to(images.device))
+        self.top_share += top_shares.sum().double().to(self.mass.device)
 
     def compute(self) -> MetricResult:
         n = int(self.images)
         if n == 0:
-            reason = "the dataset gives neither object masks nor bounding boxes" if int(self.unmasked) else "no image"
+            none = "the dataset gives neither object masks nor bounding boxes"
+            reason = none if int(self.unmasked) else "no image"
             return MetricResult(value=None, detail={"reason": reason})
         counted = self.counted > 0
         per_prototype = self.share / self.counted.clamp(min=1)
@@ -165,6 +172,6 @@ OBJECT_RELEVANCE = MetricSpec(
     compute=_object_relevance,
     higher_is_better=True,
     paper=PAPER,
-    costly=True,  # a black box needs Integrated Gradients (50 forward + backward passes); synthbirds re-renders masks
+    costly=True,  # black boxes: Integrated Gradients (50 forward + backward passes); synthbirds renders masks
     group="faithfulness",
 )

@@ -1,21 +1,21 @@
 """Prototype-region deletion against a same-area random control (issue 5, part 2).
 
-The procedure is region perturbation (Samek et al., "Evaluating the Visualization of What a Deep Neural Network
-Has Learned", IEEE TNNLS 2017, section III, eq. 8-9: regions are removed in the order of their relevance, most
-relevant first (MoRF), cumulatively, and the drop of the explained class's score after each step forms the
-curve whose area is reported); reference implementation: quantus 0.6,
+The procedure is region perturbation (Samek et al., "Evaluating the Visualization of What a Deep Neural
+Network Has Learned", IEEE TNNLS 2017, its region perturbation and AOPC definition: regions are removed in the
+order of their relevance, most relevant first (MoRF), cumulatively, and the drop of the explained class's
+score after each step forms the curve whose area is reported); reference implementation: quantus 0.6,
 ``quantus/metrics/faithfulness/region_perturbation.py``, ``RegionPerturbation.evaluate_batch`` (drop = clean
 score - perturbed score at each step; ``get_auc_score`` = ``np.trapz`` of the curve with ``dx=1``).
 
 For a prototype model the regions are not a grid of patches ranked by attribution (Samek et al.) but the image
 regions (:func:`protobench.regions.prototype_regions`, the shared region function) of the ``TOP_K`` prototypes
-with the largest ``Explanation.contributions[:, p, predicted]``, in that order: step ``k`` removes the union of
-the first ``k`` regions from the image. A model explained without prototypes (the black-box baseline, or a
-prototype model without contributions) is explained post hoc by :func:`protobench.attribution.attribution_maps`
-(Integrated Gradients), and its ``k``-th region is a box of the same size as a prototype region, centred where
-the attribution summed over such a box is largest, chosen greedily so that the boxes do not overlap (a
-prototype model's regions may overlap; the greedy, non-overlapping choice is the one that removes the most
-attribution per box, as MoRF does with its patches).
+with the largest ``Explanation.contributions[:, p, predicted]``, in that order: step ``k`` removes the union
+of the first ``k`` regions from the image. A model explained without prototypes (the black-box baseline, or a
+prototype model without contributions) is explained post hoc by
+:func:`protobench.attribution.attribution_maps` (Integrated Gradients), and its ``k``-th region is a box of
+the same size as a prototype region, centred where the attribution summed over such a box is largest, chosen
+greedily so that the boxes do not overlap (a prototype model's regions may overlap; the greedy,
+non-overlapping choice is the one that removes the most attribution per box, as MoRF does with its patches).
 
 Control: the same removal masks, each image's cyclically shifted by one random offset (seeded from the run's
 seed and the image's dataset index), so that the control removes exactly the same number of pixels at every
@@ -26,14 +26,14 @@ removal), the drop of accuracy (clean accuracy - accuracy after the removal, aga
 prototypes' regions and for the control. The value is the difference of the logit drops at ``k = K``
 (prototypes' regions minus control): positive when removing the regions the explanation points at hurts the
 model more than removing as much of the image at random (higher is better). ``detail`` has the curves and
-their areas (``np.trapz`` over ``k = 1..K``, ``dx = 1``, as quantus's ``get_auc_score``).
+their areas (the trapezoid rule over ``k = 1..K``, ``dx = 1``, as quantus's ``get_auc_score``).
 
 Named departures: the explained class is the predicted one (quantus uses the given ``y_batch``); scores are
 logits (quantus's default applies softmax; the test sets ``softmax=False``); the regions are prototype regions
 or attribution-centred boxes, not a fixed grid (the quantus test uses a model whose prototype regions are
-exactly quantus's grid patches, where the two procedures coincide); the default fill is the image's mean colour
-per channel (quantus's ``"mean"`` baseline averages the already perturbed image over all channels; the test uses
-a constant fill, which both implement identically). Logit drops are on each model's own logit scale.
+exactly quantus's grid patches, where the two procedures coincide); the default fill is the image's mean
+colour per channel (quantus's ``"mean"`` baseline averages the already perturbed image over all channels; the
+test uses a constant fill, which both implement identically). Logit drops are on each model's own logit scale.
 """
 
 from __future__ import annotations
@@ -50,8 +50,8 @@ from protobench.attribution import attribution_maps, box_masks, uses_prototypes
 from protobench.contract import EvalContext, Explanation, MetricResult, MetricSpec, PrototypeModel
 from protobench.regions import half_size, prototype_regions
 
-#: Regions removed, one more per step (``k = 1..TOP_K``): a choice (no paper constant); at 64 px five regions of
-#: 21 x 21 px cover at most 54% of the image.
+#: Regions removed, one more per step (``k = 1..TOP_K``): a choice (no paper constant); at 64 px five regions
+#: of 21 x 21 px cover at most 54% of the image.
 TOP_K = 5
 #: Fills: ``"mean"``: each image's mean colour per channel; ``"blur"``: the image blurred by a Gaussian of
 #: ``BLUR_SIGMA`` x the image side; ``"noise"``: uniform noise in [0, 1] (seeded per image); or a float, a
@@ -66,13 +66,14 @@ BLUR_SIGMA = 0.05
 #: Perturbed images per forward pass (memory bound only; the result does not depend on it).
 CHUNK = 256
 
-PAPER = ("Samek et al., Evaluating the Visualization of What a Deep Neural Network Has Learned, IEEE TNNLS 2017, "
-         "sec. III (region perturbation, MoRF, AOPC); quantus RegionPerturbation; regions: protobench.regions")
+PAPER = ("Samek et al., Evaluating the Visualization of What a Deep Neural Network Has Learned, IEEE TNNLS "
+         "2017, region perturbation (MoRF); quantus RegionPerturbation; regions: protobench.regions")
 
 
 def image_generator(seed: int, index: int, stream: int) -> torch.Generator:
-    """A CPU generator seeded from ``(seed, index, stream)`` (numpy's SeedSequence mixes them into 32 bits)."""
-    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, index, stream]).generate_state(1)[0]))
+    """A CPU generator seeded from ``(seed, index, stream)`` (mixed into 32 bits by numpy's SeedSequence)."""
+    state = np.random.SeedSequence([seed, index, stream]).generate_state(1)[0]
+    return torch.Generator().manual_seed(int(state))
 
 
 def fill_images(images: Tensor, fill: str | float, indices: Tensor, seed: int) -> Tensor:
@@ -83,7 +84,8 @@ def fill_images(images: Tensor, fill: str | float, indices: Tensor, seed: int) -
         return images.mean(dim=(2, 3), keepdim=True).expand_as(images)
     if fill == "noise":
         shape = tuple(images.shape[1:])
-        return torch.stack([torch.rand(shape, generator=image_generator(seed, int(i), 0)) for i in indices]).to(images)
+        draws = [torch.rand(shape, generator=image_generator(seed, int(i), 0)) for i in indices]
+        return torch.stack(draws).to(images)
     if fill == "blur":
         return gaussian_blur(images, BLUR_SIGMA * max(images.shape[-2:]))
     raise ValueError(f"unknown fill {fill!r}: choose one of {FILLS} or a number")
@@ -104,9 +106,10 @@ def gaussian_blur(images: Tensor, sigma: float) -> Tensor:
 
 def top_prototype_boxes(model: PrototypeModel, explanation: Explanation, target: Tensor, k: int,
                         image_size: tuple[int, int]) -> Tensor:
-    """``LongTensor[B, k, 4]``: regions of the ``k`` prototypes contributing most to ``target``, most first."""
+    """``LongTensor[B, k, 4]``: regions of the ``k`` prototypes contributing most to ``target``, in order."""
     contributions = explanation.contributions
-    scores = contributions[torch.arange(len(target), device=contributions.device), :, target.to(contributions.device)]
+    device = contributions.device
+    scores = contributions[torch.arange(len(target), device=device), :, target.to(device)]
     order = scores.topk(k, dim=1).indices  # [B, k]
     rows = torch.arange(len(target), device=order.device)[:, None].expand_as(order)
     pairs = torch.stack([rows.reshape(-1), order.reshape(-1)], dim=1)
@@ -114,10 +117,10 @@ def top_prototype_boxes(model: PrototypeModel, explanation: Explanation, target:
 
 
 def attribution_boxes(attribution: Tensor, k: int, half: tuple[int, int]) -> Tensor:
-    """``LongTensor[B, k, 4]``: greedy non-overlapping boxes of half size ``half`` holding the most attribution.
+    """``LongTensor[B, k, 4]``: greedy non-overlapping boxes of half size ``half`` with the most attribution.
 
-    Each box is centred on the pixel whose box (clipped to the image) has the largest attribution sum among the
-    centres whose box does not overlap a box chosen before (first maximum in row-major order).
+    Each box is centred on the pixel whose box (clipped to the image) has the largest attribution sum among
+    the centres whose box does not overlap a box chosen before (first maximum in row-major order).
     """
     half_y, half_x = half
     height, width = attribution.shape[-2:]
@@ -132,7 +135,8 @@ def attribution_boxes(attribution: Tensor, k: int, half: tuple[int, int]) -> Ten
         y, x = flat // width, flat % width
         boxes.append(torch.stack([(x - half_x).clamp(min=0), (y - half_y).clamp(min=0),
                                   (x + half_x).clamp(max=width), (y + half_y).clamp(max=height)], dim=-1))
-        overlapping = ((ys - y[:, None, None]).abs() <= 2 * half_y) & ((xs - x[:, None, None]).abs() <= 2 * half_x)
+        near_y = (ys - y[:, None, None]).abs() <= 2 * half_y
+        overlapping = near_y & ((xs - x[:, None, None]).abs() <= 2 * half_x)
         sums = sums.masked_fill(overlapping, float("-inf"))
     return torch.stack(boxes, dim=1)
 
@@ -146,7 +150,7 @@ def cumulative_masks(boxes: Tensor, image_size: tuple[int, int]) -> Tensor:
 
 
 def control_masks(masks: Tensor, indices: Tensor, seed: int) -> Tensor:
-    """``masks`` ``[B, k, H, W]``, each image's cyclically shifted by one random offset seeded by ``(seed, index)``."""
+    """``masks`` ``[B, k, H, W]``, each image's rolled by one random offset seeded by ``(seed, index)``."""
     height, width = masks.shape[-2:]
     shifted = []
     for mask, index in zip(masks, indices.tolist()):
@@ -156,7 +160,7 @@ def control_masks(masks: Tensor, indices: Tensor, seed: int) -> Tensor:
 
 
 def deleted_logits(model: PrototypeModel, images: Tensor, fill: Tensor, masks: Tensor) -> Tensor:
-    """``[B, k, C]``: the logits of each image with each mask's pixels replaced by ``fill`` (batched passes)."""
+    """``[B, k, C]``: the logits of each image with each mask's pixels replaced by ``fill`` (batched)."""
     batch, k = masks.shape[:2]
     perturbed = torch.where(masks[:, :, None], fill[:, None], images[:, None]).flatten(0, 1)
     with torch.no_grad():
@@ -165,7 +169,7 @@ def deleted_logits(model: PrototypeModel, images: Tensor, fill: Tensor, masks: T
 
 
 class RegionDeletion(torchmetrics.Metric):
-    """Streaming sums of the logit and accuracy drops per step, for the explanation's regions and the control."""
+    """Streaming sums of the logit and accuracy drops per step, for the explanation's regions and control."""
 
     full_state_update = False
 
@@ -186,8 +190,9 @@ class RegionDeletion(torchmetrics.Metric):
 
     def boxes(self, images: Tensor, explanation: Explanation, target: Tensor) -> Tensor:
         size = (images.shape[-2], images.shape[-1])
-        self.regions_used = "prototype regions" if uses_prototypes(self.model, explanation) else "attribution boxes"
-        if uses_prototypes(self.model, explanation):
+        prototypes = uses_prototypes(self.model, explanation)
+        self.regions_used = "prototype regions" if prototypes else "attribution boxes"
+        if prototypes:
             return top_prototype_boxes(self.model, explanation, target, self.top_k, size)
         attribution = attribution_maps(self.model, images, target, explanation)
         return attribution_boxes(attribution, self.top_k, half_size(size))
