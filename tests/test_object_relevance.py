@@ -9,7 +9,13 @@ import pytest
 import torch
 
 from protobench.contract import EvalContext, Explanation, PrototypeModel
-from protobench.metrics.object_relevance import OBJECT_RELEVANCE, mass_inside, object_masks, pointing_hits
+from protobench.metrics.object_relevance import (
+    OBJECT_RELEVANCE,
+    mass_inside,
+    object_masks,
+    pointing_hits,
+    top_area_inside,
+)
 
 SIZE = 32  # px; regions are 11 x 11 (half size round(36 * 32 / 224) = 5)
 
@@ -112,6 +118,20 @@ def test_a_black_box_gets_a_value_through_integrated_gradients():
     result = run(BlackBox(), batch)
     assert result.value == pytest.approx(1.0)  # all attribution lies on columns 0..7
     assert result.detail["region_in_object"] is None and result.detail["per_prototype"]["images"] == []
+
+
+def test_top_area_follows_cabrnets_indexing():
+    # 20 pixels valued 0..19: the threshold is the sorted map's element int(20 * 0.9) = 18, so only 19 is
+    # selected (strictly above); it is inside the mask in image 0 and outside in image 1. All-zero map: none.
+    attribution = torch.arange(20.0).reshape(1, 4, 5).repeat(3, 1, 1)
+    attribution[2] = 0
+    masks = torch.zeros(3, 4, 5, dtype=torch.bool)
+    masks[0, 3, 4] = True
+    masks[1, 3, 3] = True
+    masks[2] = True
+    assert top_area_inside(attribution, masks).tolist() == [1.0, 0.0, 0.0]
+    # fraction 0.25: the threshold is element 15, so 16..19 are selected
+    assert top_area_inside(attribution, masks, fraction=0.25).tolist() == [1 / 4, 1 / 4, 0.0]
 
 
 def test_mass_and_pointing_agree_with_quantus():

@@ -10,6 +10,9 @@ relevance mass accuracy). Beside it:
 * the pointing game (Zhang et al., "Top-down Neural Attention by Excitation Backprop", ECCV 2016, the pointing
   game; quantus ``PointingGame``): the share of images whose attribution maximum (any of them, if tied) is
   inside the object;
+* CaBRNet's area-based pointing game (``pg_mask_relevance``): the share of the pixels whose attribution
+  exceeds the value at the ``1 - AREA_FRACTION`` quantile (the sorted map's element ``int(N * (1 -
+  AREA_FRACTION))``, as CaBRNet indexes it) that lie inside the object (0 where no pixel exceeds it);
 * per prototype, the share of its region's pixels inside the object (the shared region function,
   :func:`protobench.regions.prototype_regions`), averaged over the images that count for it (its own
   class's, every image for a class-agnostic prototype, as the consistency score counts them); and the same
@@ -22,12 +25,12 @@ black box, so every model gets the value. The object is the dataset's own mask w
 (synthbirds' ``maps``: the bird is ``part_map > 0``), else the item's bounding box (CUB); ``detail["object"]``
 records which.
 
-Named departures: only the attribution's positive part counts (CaBRNet's attributions are non-negative;
-Integrated Gradients' are not, and a negative mass would make the share unbounded); an image whose attribution
-has no positive mass scores 0 (as CaBRNet's ``pg_energy_relevance`` returns for zero energy). CaBRNet's
-area-based pointing game (``pg_mask_relevance``, the top 10% of pixels) is not computed; its relevance
-analysis of the prototypes' own source patches (``prototypes_relevance_analysis``) is replaced by the
-per-prototype share over the test images.
+Named departures: only the attribution's positive part counts in the mass (CaBRNet's attributions are
+non-negative; Integrated Gradients' are not, and a negative mass would make the share unbounded); an image
+whose attribution has no positive mass scores 0 (as CaBRNet's ``pg_energy_relevance`` returns for zero
+energy). CaBRNet's relevance analysis of the prototypes' own source patches (``proto_relevance_analysis``) is
+replaced by the per-prototype share over the test images (the test-image analysis above is CaBRNet's
+``patches_relevance_analysis`` / ``analyze``).
 """
 
 from __future__ import annotations
@@ -42,6 +45,10 @@ from protobench.attribution import attribution_maps, box_masks, uses_prototypes
 from protobench.contract import EvalContext, Explanation, MetricResult, MetricSpec, PrototypeModel
 from protobench.metrics.part_vectors import counted_pairs
 from protobench.regions import prototype_regions
+
+#: Share of the image's pixels the area-based pointing game selects: CaBRNet ``relevance_analysis.analyze``
+#: (``area_percentage=0.1``).
+AREA_FRACTION = 0.1
 
 PAPER = ("Xu-Darme et al., CaBRNet, xAI 2024 (relevance analysis: energy-based pointing game, after Wang et "
          "al. Score-CAM CVPRW 2020); pointing game: Zhang et al. ECCV 2016; quantus RelevanceMassAccuracy, "
@@ -80,6 +87,16 @@ def pointing_hits(attribution: Tensor, masks: Tensor) -> Tensor:
     return (top & masks.flatten(1)).any(dim=1)
 
 
+def top_area_inside(attribution: Tensor, masks: Tensor, fraction: float = AREA_FRACTION) -> Tensor:
+    """``[B]``: the share of each map's pixels above its ``1 - fraction`` quantile inside its mask."""
+    flat = attribution.flatten(1)
+    threshold = flat.sort(dim=1).values[:, int(flat.shape[1] * (1 - fraction))]
+    selected = flat > threshold[:, None]
+    inside = (selected & masks.flatten(1)).sum(dim=1).double()
+    count = selected.sum(dim=1).double()
+    return torch.where(count > 0, inside / count.clamp(min=1), torch.zeros_like(count))
+
+
 def region_shares(boxes: Tensor, masks: Tensor, image: Tensor) -> Tensor:
     """``[N]``: the share of each box's pixels inside its image's mask (``image[n]`` indexes ``masks``)."""
     rows, columns = box_masks(boxes, tuple(masks.shape[-2:]))
@@ -101,6 +118,7 @@ class ObjectRelevance(torchmetrics.Metric):
         p = model.num_prototypes
         self.add_state("mass", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("hits", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("top_area", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("images", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("unmasked", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("top_share", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
@@ -119,6 +137,7 @@ class ObjectRelevance(torchmetrics.Metric):
         attribution = attribution_maps(self.model, images, target, explanation)
         self.mass += mass_inside(attribution, masks).sum().to(self.mass.device)
         self.hits += pointing_hits(attribution, masks).sum().to(self.hits.device)
+        self.top_area += top_area_inside(attribution, masks).sum().to(self.mass.device)
         self.images += len(images)
         if not uses_prototypes(self.model, explanation):
             return
@@ -151,6 +170,7 @@ class ObjectRelevance(torchmetrics.Metric):
                 "images": n,
                 "attribution_mass_in_object": float(self.mass) / n,
                 "pointing_game": int(self.hits) / n,
+                "top_area_in_object": float(self.top_area) / n,
                 "region_in_object": float(per_prototype[counted].mean()) if with_prototypes else None,
                 "top_prototype_region_in_object": float(self.top_share) / n if with_prototypes else None,
                 "per_prototype": {
