@@ -291,3 +291,20 @@ def test_cli_explain_prints_and_draws_the_decision_path(tmp_path, capsys, monkey
     monkeypatch.setattr(harness, "load_trained", lambda *args: (nn.Identity(), {}))
     assert cli.main(["explain", *common, "--index", "3"]) == 2
     assert "has no describe method" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mode", ["greedy", "sample_max"])
+def test_hard_modes_pass_the_soft_gradient_straight_through(mode):
+    model = identity_tree(depth=3, inference=mode)
+    model.prune([4])  # a pruned side has arrival exactly 0: its log must not turn the gradient into NaN
+    with torch.no_grad():
+        model.leaf_params.normal_()
+    x = torch.rand(2, 3, 2, 2, requires_grad=True)
+    logits = model.explain(x).logits
+    leaf = model.explain(x.detach()).extra["leaf"]
+    log_dist = torch.log_softmax(model.leaf_params.detach(), dim=1)
+    assert torch.equal(logits.detach(), log_dist[leaf])
+    soft = model.explain(x, "distributed").logits
+    (grad,) = torch.autograd.grad(logits[:, 0].sum(), x)
+    (soft_grad,) = torch.autograd.grad(soft[:, 0].sum(), x)
+    assert torch.allclose(grad, soft_grad) and torch.isfinite(grad).all() and grad.abs().sum() > 0

@@ -34,6 +34,12 @@ sign: a node passed to the left (prototype absent) contributes what choosing tha
 ``path_similarity`` and ``path_prototype`` (index into the prototypes; -1 for a pruned node), each
 ``[B, depth]`` from the root down (for ``distributed``, the path to the most probable leaf).
 
+The hard modes' logits have the soft tree's gradient (straight-through: ``hard + soft - soft.detach()``,
+whose value is exactly the hard one). Without it they would be piecewise constant in the image, and
+gradient attacks (PGD, FGSM) would see a zero gradient and report the clean accuracy as robust
+accuracy (gradient masking); this is BPDA with the soft tree as the differentiable approximation
+(Athalye, Carlini, Wagner, ICML 2018, Sec. 4.1). A protobench addition, not in the paper.
+
 Departures: the backbone comes from timm (never downloaded; weights from a local file) and the
 model takes ``[0, 1]`` images and normalises them itself; distances are computed in float32
 outside autocast.
@@ -189,13 +195,15 @@ class ProtoTree(PrototypeModel):
         leaf = self.chosen_leaves(routing, mode)
         nodes, went_right = tree.path_to_leaf(leaf, self.depth)
         log_dist = leaf_distributions(self.leaf_params, kontschieder=self.kontschieder, log=True)
+        # clamped: a pruned side's arrival is exactly 0, and log(0) would make the gradient NaN
+        log_arrive = routing.arrive if routing.log else torch.log(routing.arrive.clamp_min(torch.finfo(torch.float32).tiny))
+        soft_logits = torch.logsumexp(log_arrive[:, right.shape[1]:, None] + log_dist[None], dim=1)
         if mode == "distributed":
-            log_arrive = routing.arrive if routing.log else torch.log(routing.arrive)
-            logits = torch.logsumexp(log_arrive[:, right.shape[1]:, None] + log_dist[None], dim=1)
+            logits = soft_logits
             arrive = routing.arrive.exp() if routing.log else routing.arrive
             arrive, q = arrive[:, : right.shape[1]], right
         else:
-            logits = log_dist[leaf]
+            logits = log_dist[leaf] + (soft_logits - soft_logits.detach())  # straight-through gradient
             arrive = torch.zeros_like(right).scatter_(1, nodes, 1.0)
             q = torch.zeros_like(right).scatter_(1, nodes, went_right.to(right.dtype))
         values = self.node_values(dist)
