@@ -14,6 +14,8 @@ from protobench.metrics.consistency import CONSISTENCY
 from protobench.metrics.corruption import CORRUPTION_ACCURACY
 from protobench.metrics.explanation_robustness import EXPLANATION_ROBUSTNESS_METRICS
 from protobench.metrics.funnybirds import FUNNYBIRDS_METRICS
+from protobench.metrics.object_relevance import OBJECT_RELEVANCE
+from protobench.metrics.region_deletion import REGION_DELETION
 from protobench.metrics.stability import STABILITY
 
 
@@ -42,5 +44,6 @@ def protobench_datasets() -> list[DatasetSpec]:
 
 @hookimpl
 def protobench_metrics() -> list[MetricSpec]:
-    return [ACCURACY, CONSISTENCY, STABILITY, *FUNNYBIRDS_METRICS, *ADVERSARIAL_METRICS, AUTOATTACK,
+    return [ACCURACY, CONSISTENCY, STABILITY, *FUNNYBIRDS_METRICS, REGION_DELETION, OBJECT_RELEVANCE,
+            *ADVERSARIAL_METRICS, AUTOATTACK,
             *EXPLANATION_ROBUSTNESS_METRICS, CERTIFIED_ACCURACY, CORRUPTION_ACCURACY]
