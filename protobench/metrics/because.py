@@ -1,0 +1,93 @@
+"""Global "because" influences per prototype (Nauta et al., ECML-PKDD workshops 2021; see :mod:`protobench.because`).
+
+Streams the similarity-weighted mean of the local influences of hue, shape, texture, contrast and saturation
+over the test images (``prototype_activation.py``, ``weighted_mean``): every image counts for every prototype,
+weighted by the prototype's original max similarity on it, so its most activating images dominate. The detail
+holds each prototype's influence of each characteristic and the dominant one, as the paper's tables do.
+
+The model-level value (the paper reports per-prototype scores and their means, no single number) is the mean
+over prototypes of the largest influence divided by the prototype's weighted mean similarity: the share of its
+similarity lost by the perturbation it depends on most. Higher means prototypes are more clearly explained by a
+named visual characteristic (a scale-free number, comparable across families); it is descriptive rather than a
+quality target, so ``higher_is_better`` states only how to read it. Five extra forward passes per image (one
+batched pass over the perturbations) make it ``costly``, like the attacks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torchmetrics
+
+from protobench.because import CHARACTERISTICS, local_influences, weighted_sums
+from protobench.contract import EvalContext, Explanation, MetricResult, MetricSpec, PrototypeModel
+
+PAPER = ("Nauta et al., This Looks Like That, Because ... Explaining Prototypes for Interpretable Image "
+         "Recognition, ECML-PKDD workshops 2021, section 3; code M-Nauta/Explaining_Prototypes "
+         "prototype_activation.py (weighted_mean), preprocessing/mod_values.py")
+
+
+class Because(torchmetrics.Metric):
+    """Streaming sums per prototype: ``sum(delta * sim)`` per characteristic, ``sum(sim)``, ``sum(sim^2)``."""
+
+    full_state_update = False
+
+    def __init__(self, model: PrototypeModel):
+        super().__init__()
+        self.__dict__["model"] = model  # outside the module tree: the metric's .to() and state_dict skip it
+        p = model.num_prototypes
+        self.register_buffer("prototype_classes", model.prototype_classes.detach().clone(), persistent=False)
+        self.add_state("weighted_delta", torch.zeros(len(CHARACTERISTICS), p, dtype=torch.double),
+                       dist_reduce_fx="sum")
+        self.add_state("weight", torch.zeros(p, dtype=torch.double), dist_reduce_fx="sum")
+        self.add_state("weighted_similarity", torch.zeros(p, dtype=torch.double), dist_reduce_fx="sum")
+
+    def update(self, batch: dict[str, Any], explanation: Explanation) -> None:
+        images = batch["image"].to(explanation.logits.device)
+        original, influences = local_influences(self.model, images, explanation)
+        total, weight = weighted_sums(original, influences)
+        self.weighted_delta += total.to(self.weight)
+        self.weight += weight.to(self.weight)
+        self.weighted_similarity += (original.clamp(min=0) ** 2).sum(0).to(self.weight)
+
+    def compute(self) -> MetricResult:
+        counted = self.weight > 0
+        if not bool(counted.any()):
+            raise ValueError("because: no prototype is ever similar to a test image")
+        weight = self.weight.where(counted, torch.nan)
+        influence = self.weighted_delta / weight  # [M, P]
+        mean_similarity = self.weighted_similarity / weight
+        largest, dominant = influence.max(dim=0)
+        relative = largest / mean_similarity
+        per_prototype: dict[str, Any] = {
+            name: [round(v, 6) if c else None for v, c in zip(row.tolist(), counted.tolist())]
+            for name, row in zip(CHARACTERISTICS, influence)
+        }
+        per_prototype["dominant"] = [CHARACTERISTICS[d] if c else None
+                                     for d, c in zip(dominant.tolist(), counted.tolist())]
+        per_prototype["class"] = self.prototype_classes.tolist()
+        return MetricResult(
+            value=float(relative[counted].mean()),
+            detail={
+                "characteristics": list(CHARACTERISTICS),
+                "mean_influence": {n: float(row[counted].mean()) for n, row in zip(CHARACTERISTICS, influence)},
+                "prototypes_never_similar": int((~counted).sum()),
+                "per_prototype": per_prototype,
+            },
+        )
+
+
+def _because(model: PrototypeModel, context: EvalContext) -> Because:
+    return Because(model)
+
+
+BECAUSE = MetricSpec(
+    name="because",
+    compute=_because,
+    higher_is_better=True,
+    needs=frozenset({"prototypes"}),
+    paper=PAPER,
+    costly=True,
+    group="interpretability",
+)
