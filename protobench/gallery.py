@@ -5,6 +5,11 @@ the model records it in the optional buffer ``prototype_sources`` ``[P, 3]``: da
 its top-k activations on the test split. Every panel draws the prototype's region (:mod:`protobench.regions`,
 the same box the consistency metric uses) and marks the visible part keypoints: green inside the region (the
 parts in the part vector), grey outside. The title carries the consistency verdict when one is given.
+
+Beside the panels, a text column says why the prototype matches (:mod:`protobench.because`, Nauta et al. 2021):
+the global influence of hue, shape, texture, contrast and saturation on its similarity, largest first, with the
+dominant one named (from the ``because`` metric's record when given, else computed over the gallery's top-k
+images of the prototype), and the local influences on its top activation.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import matplotlib.pyplot as plt
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from protobench.because import CHARACTERISTICS, describe, local_influences, weighted_sums
 from protobench.contract import PrototypeModel
 from protobench.metrics.part_vectors import part_vectors
 from protobench.regions import prototype_regions
@@ -67,6 +73,27 @@ def _regions(model: PrototypeModel, images: torch.Tensor, prototype: int, device
     return prototype_regions(model, explanation, tuple(images.shape[-2:]), pairs).cpu()
 
 
+def because_text(model: PrototypeModel, images: torch.Tensor, prototype: int, device: torch.device,
+                   known: dict[str, float | None] | None) -> str:
+    """The text beside a prototype's panels: its global "because" influences (``known``, else the weighted mean
+    over ``images``, its top activations) and the local ones on ``images[0]``, its top activation."""
+    original, influences = local_influences(model, images.to(device))
+    original, influences = original[:, prototype : prototype + 1], influences[..., prototype : prototype + 1]
+    if known is None:
+        total, weight = weighted_sums(original, influences)
+        mean = (total[:, 0] / weight[0]).tolist() if float(weight[0]) > 0 else [None] * len(CHARACTERISTICS)
+        known, scope = dict(zip(CHARACTERISTICS, mean)), f"over its top {len(images)}"
+    else:
+        scope = "over the test set"
+    local = dict(zip(CHARACTERISTICS, influences[0, :, 0].tolist()))
+    return (f"because (global, {scope}):\n  {_one_per_line(describe(known))}\n\n"
+            f"because (local, top 1):\n  {_one_per_line(describe(local))}")
+
+
+def _one_per_line(description: str) -> str:
+    return description.replace(", ", ",\n  ")
+
+
 def write_gallery(
     model: PrototypeModel,
     test: Dataset,
@@ -75,13 +102,15 @@ def write_gallery(
     k: int = 5,
     prototypes: Sequence[int] | None = None,
     verdicts: dict[int, str] | None = None,
+    influences: dict[int, dict[str, float | None]] | None = None,
     device: torch.device | str = "cpu",
     progress: Any = None,
 ) -> list[Path]:
     """Write ``proto_<p>_class_<c>.png`` for each prototype into ``out_dir``; returns the paths.
 
     ``push`` is the dataset ``prototype_sources`` indexes (the training split without augmentation);
-    ``verdicts`` maps a prototype to a line for its title (e.g. its consistency).
+    ``verdicts`` maps a prototype to a line for its title (e.g. its consistency); ``influences`` maps a
+    prototype to its global "because" influences (characteristic -> value), e.g. from the metric's record.
     """
     device = torch.device(device)
     model = model.to(device).eval()
@@ -98,8 +127,14 @@ def write_gallery(
         items = [test[int(i)] for i in indices[p]]
         if has_source:
             items.insert(0, push[int(sources[p, 0])])
-        boxes = _regions(model, torch.stack([it["image"] for it in items]), p, device)
-        fig, axes = plt.subplots(1, len(items), figsize=(1.6 * len(items), 2.1), squeeze=False)
+        images = torch.stack([it["image"] for it in items])
+        boxes = _regions(model, images, p, device)
+        because = because_text(model, images[int(has_source):], p, device, (influences or {}).get(p))
+        fig, axes = plt.subplots(1, len(items) + 1, figsize=(1.6 * len(items) + 2.2, 2.1), squeeze=False,
+                                 gridspec_kw={"width_ratios": [1.0] * len(items) + [1.4]})
+        axes[0, -1].axis("off")
+        axes[0, -1].text(0, 1, because, fontsize=5.5, va="top", ha="left", family="monospace",
+                         transform=axes[0, -1].transAxes)
         for j, (ax, item, box) in enumerate(zip(axes[0], items, boxes)):
             if has_source and j == 0:
                 title = f"source: train #{int(sources[p, 0])}"

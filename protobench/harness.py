@@ -282,7 +282,11 @@ def gallery(
     prototypes: list[int] | None = None,
     progress: Any = default_progress,
 ) -> list[Path]:
-    """Write the prototype gallery of a trained model (see :mod:`protobench.gallery`)."""
+    """Write the prototype gallery of a trained model (see :mod:`protobench.gallery`).
+
+    Titles carry the stored consistency verdicts; the "because" text uses the stored ``because`` record's
+    global influences where the store has it (else the gallery computes them over its own images).
+    """
     device = resolve_device(settings.device)
     net, _ = load_trained(registry, model, settings, device)
     transform = eval_transform(_input_size(net.config))
@@ -295,5 +299,12 @@ def gallery(
         for p, (ok, part, freq) in enumerate(zip(per["consistent"], per["part"], per["max_part_frequency"])):
             found = f"{part} in {freq:.0%} of its class's images" if freq > 0 else "no part in its region"
             verdicts[p] = f"{'consistent' if ok else 'inconsistent'}: {found}"
+    influences = {}
+    key = RecordKey(settings.dataset, settings.profile, model, settings.seed, "because")
+    if settings.store.has(key) and settings.store.get(key)["value"] is not None:
+        detail = settings.store.get(key)["detail"]
+        per = detail["per_prototype"]
+        for p in range(net.num_prototypes):
+            influences[p] = {name: per[name][p] for name in detail["characteristics"]}
     return write_gallery(net, test, out_dir, push=push, k=k, prototypes=prototypes, verdicts=verdicts,
-                         device=device, progress=progress)
+                         influences=influences, device=device, progress=progress)

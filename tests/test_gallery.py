@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import matplotlib.axes
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -53,3 +54,19 @@ def test_gallery_writes_a_png_per_prototype_with_source_and_top_k(tmp_path):
     with_source, without = Image.open(paths[0]), Image.open(paths[1])
     assert with_source.width > without.width  # the source panel is one more column
     assert with_source.width > 2 * with_source.height
+
+
+def test_gallery_writes_the_because_influences_beside_each_prototype(tmp_path, monkeypatch):
+    texts: list[str] = []
+    original_text = matplotlib.axes.Axes.text
+    monkeypatch.setattr(matplotlib.axes.Axes, "text",
+                        lambda self, x, y, s, *a, **kw: texts.append(s) or original_text(self, x, y, s, *a, **kw))
+    stored = {0: {"hue": 0.41, "shape": 0.12, "texture": 0.0, "contrast": -0.02, "saturation": 0.05}}
+    write_gallery(PooledRed(), Spots(6), tmp_path, k=2, prototypes=[0, 1], influences=stored)
+    stored_text, computed_text = texts
+    assert stored_text.startswith("because (global, over the test set):\n  hue 0.41,\n  shape 0.12,")
+    assert "(hue dominates)" in stored_text and "because (local, top 1):" in stored_text
+    # Prototype 1 (no record) gets its influences over its top 2 images. Its similarity is 2 x the red of the
+    # spot, (i / 6) on image i: lowering the contrast pulls the spot's red towards the image's grey mean.
+    assert "because (global, over its top 2):" in computed_text
+    assert "(contrast dominates)" in computed_text
