@@ -151,3 +151,25 @@ def test_describe_orders_the_influences_and_names_the_dominant_one():
     assert text == "shape 0.41, hue 0.12, saturation 0.00, contrast -0.05 (shape dominates)"
     assert describe({"hue": -0.1}) == "hue -0.10 (no characteristic lowers it)"
     assert describe({"hue": None}) == "no influence measured"
+
+
+def test_a_prototype_never_similar_is_reported_as_none_and_left_out_of_the_value():
+    class HueAndDark(HueModel):
+        def __init__(self):
+            super().__init__()
+            self.prototype_classes = torch.tensor([0, -1])
+
+        def explain(self, x):
+            hue_only = super().explain(x)
+            sims = torch.cat([hue_only.similarities, torch.zeros_like(hue_only.similarities)], dim=1)
+            return Explanation(logits=hue_only.logits, similarities=sims)
+
+    images = uniform((0.9, 0.1, 0.1))
+    both, alone = BECAUSE.compute(HueAndDark(), None), BECAUSE.compute(HueModel(), None)
+    both.update({"image": images}, HueAndDark().explain(images))
+    alone.update({"image": images}, HueModel().explain(images))
+    result = both.compute()
+    assert result.detail["per_prototype"]["dominant"] == ["hue", None]
+    assert result.detail["per_prototype"]["shape"][1] is None
+    assert result.detail["prototypes_never_similar"] == 1
+    assert result.value == pytest.approx(alone.compute().value)
