@@ -1,7 +1,7 @@
 """Why a prototype matches: the influence of hue, shape, texture, contrast and saturation on its similarity.
 
 Follows Nauta, Jutte, Provoost, Seifert, "This Looks Like That, Because ... Explaining Prototypes for
-Interpretable Image Recognition" (ECML-PKDD workshops 2021, section 3; code github M-Nauta/Explaining_Prototypes:
+Interpretable Image Recognition" (ECML-PKDD workshops 2021; code github M-Nauta/Explaining_Prototypes:
 ``preprocessing/mod_values.py`` for the strengths, ``preprocessing/create_modified_datasets.py`` for the
 transforms, ``prototype_activation.py`` for the scores):
 
@@ -14,11 +14,11 @@ transforms, ``prototype_activation.py`` for the scores):
   is most activated weigh most, no top-k cut.
 
 Departures, named: all perturbations run as batched tensor ops on the model's device; texture is removed by a
-Gaussian blur of sigma 1 pixel at every image size (the reference uses OpenCV's non-local-means denoising with ``h=4``, not a tensor op; CaBRNet's
-perturbation analysis also blurs); the sine warp's amplitude and period scale with the image height relative to
-the reference's 224 pixels and its shifts are rounded, not truncated, so that images under ~60 pixels are still
-warped; weights are clamped at 0 so that a family with signed similarities cannot flip an
-image's vote; brightness (in the reference code, not in the paper's five) is left out.
+Gaussian blur of sigma 1 pixel at every image size (the reference uses OpenCV's non-local-means denoising with
+``h=4``, not a tensor op; CaBRNet's perturbation analysis also blurs); the sine warp's amplitude and period scale
+with the image height relative to the reference's 224 pixels, and its shifts are rounded, not truncated, so that
+images under ~60 pixels are still warped; weights are clamped at 0 so that a family with signed similarities
+cannot flip an image's vote; brightness (in the reference code, not in the paper's five) is left out.
 
 CaBRNet (``cabrnet/core/evaluation/local_perturbation_analysis.py``) differs: its factors are brightness 0.3,
 contrast 0.2, saturation 0.3, hue 0.2 and a 21-pixel sigma-2 Gaussian blur plus a sine "wave distortion"; it

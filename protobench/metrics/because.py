@@ -24,7 +24,7 @@ from protobench.because import CHARACTERISTICS, local_influences, weighted_sums
 from protobench.contract import EvalContext, Explanation, MetricResult, MetricSpec, PrototypeModel
 
 PAPER = ("Nauta et al., This Looks Like That, Because ... Explaining Prototypes for Interpretable Image "
-         "Recognition, ECML-PKDD workshops 2021, section 3; code M-Nauta/Explaining_Prototypes "
+         "Recognition, ECML-PKDD workshops 2021; code M-Nauta/Explaining_Prototypes "
          "prototype_activation.py (weighted_mean), preprocessing/mod_values.py")
 
 
