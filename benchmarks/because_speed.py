@@ -1,10 +1,10 @@
 """Cost of the ``because`` metric as a multiple of one forward pass over the same images.
 
-ProtoPNet from its plugin (``quick`` profile, untrained: the cost does not depend on the weights), random
-[0, 1] images of the profile's input size. The metric's work per batch is its ``update`` given the shared pass's
+ProtoPNet from its plugin (``quick`` profile, untrained: the cost does not depend on the weights), random [0,
+1] images of the profile's input size. The metric's work per batch is its ``update`` given the shared pass's
 clean explanation: the five perturbations (tensor ops) and one forward pass over all of them, so the expected
-ratio is about 5 plus the perturbations' own cost. Each time is the best of ``--repeats`` runs.
-Run: ``python benchmarks/because_speed.py [--batch B] [--threads T] [--device cpu|cuda]``.
+ratio is about 5 plus the perturbations' own cost. Each time is the best of ``--repeats`` runs. Run: ``python
+benchmarks/because_speed.py [--batch B] [--threads T] [--device cpu|cuda]``.
 """
 
 from __future__ import annotations
@@ -50,8 +50,11 @@ def main() -> None:
         clean = net.explain(images)
         forward = best_time(lambda: net.explain(images), args.repeats, device)
         update = best_time(lambda: state.update({"image": images}, clean), args.repeats, device)
-    print(f"protopnet quick {net.input_size[0]} px, {net.num_prototypes} prototypes, batch {args.batch}, {device}: "
-          f"forward {forward * 1e3:.1f} ms, because update {update * 1e3:.1f} ms, ratio {update / forward:.2f}")
+    print(
+        f"protopnet quick {net.input_size[0]} px, {net.num_prototypes} prototypes, batch {args.batch}, "
+        f"{device}: "
+        f"forward {forward * 1e3:.1f} ms, because update {update * 1e3:.1f} ms, ratio {update / forward:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -7,23 +7,24 @@ transforms, ``prototype_activation.py`` for the scores):
 
 * each characteristic is perturbed over the whole image by one fixed transform (:func:`perturb`);
 * the *local* influence of a characteristic on prototype p for an image is the similarity of p at the patch
-  where p is most similar in the original image, minus p's similarity at that same patch in the perturbed image
-  (``forward_get_patch_index`` / ``forward_particular_patch``; ``delta = orig - mod``);
+  where p is most similar in the original image, minus p's similarity at that same patch in the perturbed
+  image (``forward_get_patch_index`` / ``forward_particular_patch``; ``delta = orig - mod``);
 * the *global* influence is the mean of the local ones over the images, weighted by p's original (max)
   similarity (``weighted_mean``: ``sum(delta * orig_similarity) / sum(orig_similarity)``): the images where p
   is most activated weigh most, no top-k cut.
 
 Departures, named: all perturbations run as batched tensor ops on the model's device; texture is removed by a
 Gaussian blur of sigma 1 pixel at every image size (the reference uses OpenCV's non-local-means denoising with
-``h=4``, not a tensor op; CaBRNet's perturbation analysis also blurs); the sine warp's amplitude and period scale
-with the image height relative to the reference's 224 pixels, and its shifts are rounded, not truncated, so that
-images under ~60 pixels are still warped; weights are clamped at 0 so that a family with signed similarities
-cannot flip an image's vote; brightness (in the reference code, not in the paper's five) is left out.
+``h=4``, not a tensor op; CaBRNet's perturbation analysis also blurs); the sine warp's amplitude and period
+scale with the image height relative to the reference's 224 pixels, and its shifts are rounded, not truncated,
+so that images under ~60 pixels are still warped; weights are clamped at 0 so that a family with signed
+similarities cannot flip an image's vote; brightness (in the reference code, not in the paper's five) is left
+out.
 
 CaBRNet (``cabrnet/core/evaluation/local_perturbation_analysis.py``) differs: its factors are brightness 0.3,
 contrast 0.2, saturation 0.3, hue 0.2 and a 21-pixel sigma-2 Gaussian blur plus a sine "wave distortion"; it
-perturbs only inside (or outside) the prototype's attribution region and reports the *relative* drop
-``(score - perturbed) / score``. protobench follows Nauta for the five characteristics and their strengths.
+perturbs only inside (or outside) the prototype's attribution region and reports the *relative* drop ``(score
+- perturbed) / score``. protobench follows Nauta for the five characteristics and their strengths.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ CONTRAST_FACTOR = 0.45
 SATURATION_FACTOR = 0.7
 #: Sine warp amplitude (pixels) and frequency (half-turns per pixel) at 224 pixels: mod_values.py ``A, w``.
 SHAPE_AMPLITUDE, SHAPE_FREQUENCY = 4.0, 0.05
-#: Gaussian blur sigma (pixels, at any image size: texture is the finest detail) standing in for non-local-means denoising with ``texture_h = 4``.
+#: Gaussian blur sigma (pixels, at any image size: texture is the finest detail), standing in for
+#: non-local-means denoising with ``texture_h = 4``.
 TEXTURE_SIGMA = 1.0
 #: The reference image size the pixel constants are stated at.
 REFERENCE_SIZE = 224
@@ -64,7 +66,7 @@ def lower_saturation(x: Tensor) -> Tensor:
 
 
 def warp_shape(x: Tensor) -> Tensor:
-    """Roll row i sideways, then column j vertically, by ``round(A sin(pi w i))`` pixels (``modify_shape``)."""
+    """Roll row i sideways, then column j vertically, by ``round(A sin(pi w i))`` pixels; ``modify_shape``."""
     scale = x.shape[-2] / REFERENCE_SIZE
     amplitude, frequency = SHAPE_AMPLITUDE * scale, SHAPE_FREQUENCY / scale
 
@@ -95,13 +97,14 @@ CHARACTERISTICS = tuple(PERTURBATIONS)
 
 
 def perturb(images: Tensor) -> Tensor:
-    """All perturbations of ``images`` ``[B, 3, H, W]`` in [0, 1]: ``[M * B, 3, H, W]``, characteristic-major."""
+    """All perturbations of ``images`` ``[B, 3, H, W]`` in [0, 1]: ``[M * B, 3, H, W]``, by characteristic."""
     return torch.cat([f(images).clamp(0, 1) for f in PERTURBATIONS.values()])
 
 
-def local_influences(model: PrototypeModel, images: Tensor,
-                     explanation: Explanation | None = None) -> tuple[Tensor, Tensor]:
-    """(original max similarities ``[B, P]``, local influences ``[B, M, P]``) of ``images`` on ``images``' device.
+def local_influences(
+    model: PrototypeModel, images: Tensor, explanation: Explanation | None = None
+) -> tuple[Tensor, Tensor]:
+    """(original max similarities ``[B, P]``, local influences ``[B, M, P]``), on ``images``' device.
 
     One forward pass over all ``M`` perturbations; ``explanation`` (the clean pass) is reused when given.
     """
@@ -111,18 +114,20 @@ def local_influences(model: PrototypeModel, images: Tensor,
         perturbed = model.explain(perturb(images)).similarities.flatten(2)  # [M * B, P, L]
     b, p, _ = clean.shape
     perturbed = perturbed.view(-1, b, p, perturbed.shape[-1])
-    at_patch = perturbed.gather(3, where[None, :, :, None].expand(len(perturbed), b, p, 1))[..., 0]  # [M, B, P]
+    at_patch = perturbed.gather(3, where[None, :, :, None].expand(len(perturbed), b, p, 1))[
+        ..., 0
+    ]  # [M, B, P]
     return original, (original[None] - at_patch).permute(1, 0, 2)
 
 
 def weighted_sums(original: Tensor, influences: Tensor) -> tuple[Tensor, Tensor]:
-    """Per prototype, ``sum(delta * weight)`` ``[M, P]`` and ``sum(weight)`` ``[P]``, weight = clamped similarity."""
+    """Per prototype: ``sum(delta * weight)`` ``[M, P]``, ``sum(weight)`` ``[P]``; weight: similarity >= 0."""
     weight = original.clamp(min=0)
     return (influences * weight[:, None]).sum(0), weight.sum(0)
 
 
 def global_influences(model: PrototypeModel, batches: Iterable[Tensor]) -> Tensor:
-    """Similarity-weighted mean influences ``[M, P]`` over image batches (NaN where a prototype has no weight)."""
+    """Similarity-weighted mean influences ``[M, P]`` over image batches (NaN: prototype without weight)."""
     total, weight = None, None
     for images in batches:
         t, w = weighted_sums(*local_influences(model, images))
@@ -133,8 +138,10 @@ def global_influences(model: PrototypeModel, batches: Iterable[Tensor]) -> Tenso
 
 
 def describe(influences: dict[str, float | None]) -> str:
-    """``"hue 0.41, shape 0.12, ... (hue dominates)"``: largest first; "no influence" when nothing is known."""
-    known = sorted(((v, k) for k, v in influences.items() if v is not None and math.isfinite(v)), reverse=True)
+    """``"hue 0.41, shape 0.12, ... (hue dominates)"``: largest first; says so when nothing is known."""
+    known = sorted(
+        ((v, k) for k, v in influences.items() if v is not None and math.isfinite(v)), reverse=True
+    )
     if not known:
         return "no influence measured"
     text = ", ".join(f"{k} {v:.2f}" for v, k in known)

@@ -6,10 +6,10 @@ its top-k activations on the test split. Every panel draws the prototype's regio
 the same box the consistency metric uses) and marks the visible part keypoints: green inside the region (the
 parts in the part vector), grey outside. The title carries the consistency verdict when one is given.
 
-Beside the panels, a text column says why the prototype matches (:mod:`protobench.because`, Nauta et al. 2021):
-the global influence of hue, shape, texture, contrast and saturation on its similarity, largest first, with the
-dominant one named (from the ``because`` metric's record when given, else computed over the gallery's top-k
-images of the prototype), and the local influences on its top activation.
+Beside the panels, a text column says why the prototype matches (:mod:`protobench.because`, Nauta et al.
+2021): the global influence of hue, shape, texture, contrast and saturation on its similarity, largest first,
+with the dominant one named (from the ``because`` metric's record when given, else computed over the gallery's
+top-k images of the prototype), and the local influences on its top activation.
 """
 
 from __future__ import annotations
@@ -75,8 +75,8 @@ def _regions(model: PrototypeModel, images: torch.Tensor, prototype: int, device
 
 def because_text(model: PrototypeModel, images: torch.Tensor, prototype: int, device: torch.device,
                    known: dict[str, float | None] | None) -> str:
-    """The text beside a prototype's panels: its global "because" influences (``known``, else the weighted mean
-    over ``images``, its top activations) and the local ones on ``images[0]``, its top activation."""
+    """The text beside a prototype's panels: its global "because" influences (``known``, else the weighted
+    mean over ``images``, its top activations) and the local ones on ``images[0]``, its top activation."""
     original, influences = local_influences(model, images.to(device))
     original, influences = original[:, prototype : prototype + 1], influences[..., prototype : prototype + 1]
     if known is None:

@@ -29,7 +29,9 @@ def hue(rgb: torch.Tensor) -> torch.Tensor:
     r, g, b = rgb.unbind(-3)
     top, low = rgb.amax(-3), rgb.amin(-3)
     span = (top - low).clamp(min=1e-8)
-    h = torch.where(top == r, ((g - b) / span) % 6, torch.where(top == g, (b - r) / span + 2, (r - g) / span + 4))
+    h = torch.where(
+        top == r, ((g - b) / span) % 6, torch.where(top == g, (b - r) / span + 2, (r - g) / span + 4)
+    )
     return h / 6
 
 
@@ -55,7 +57,9 @@ def pattern(size: int = 32) -> torch.Tensor:
     return torch.rand(2, 3, size, size) * 0.8 + 0.1
 
 
-@pytest.mark.parametrize("perturbation", [shift_hue, warp_shape, smooth_texture, lower_contrast, lower_saturation])
+@pytest.mark.parametrize(
+    "perturbation", [shift_hue, warp_shape, smooth_texture, lower_contrast, lower_saturation]
+)
 def test_every_perturbation_keeps_size_and_range_and_changes_the_image(perturbation):
     x = pattern()
     y = perturbation(x)
@@ -89,7 +93,9 @@ def test_saturation_shrinks_the_channel_spread_by_the_factor_and_keeps_the_hue()
 def test_shape_warp_moves_pixels_without_changing_them():
     x = pattern(224)
     y = warp_shape(x)
-    assert torch.equal(y.flatten(1).sort(1).values, x.flatten(1).sort(1).values)  # a permutation of each channel
+    assert torch.equal(
+        y.flatten(1).sort(1).values, x.flatten(1).sort(1).values
+    )  # a permutation of each channel
     assert torch.equal(warp_shape(uniform((0.2, 0.5, 0.7), size=224)), uniform((0.2, 0.5, 0.7), size=224))
 
 

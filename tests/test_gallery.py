@@ -59,8 +59,12 @@ def test_gallery_writes_a_png_per_prototype_with_source_and_top_k(tmp_path):
 def test_gallery_writes_the_because_influences_beside_each_prototype(tmp_path, monkeypatch):
     texts: list[str] = []
     original_text = matplotlib.axes.Axes.text
-    monkeypatch.setattr(matplotlib.axes.Axes, "text",
-                        lambda self, x, y, s, *a, **kw: texts.append(s) or original_text(self, x, y, s, *a, **kw))
+
+    def recording_text(self, x, y, s, *args, **kwargs):
+        texts.append(s)
+        return original_text(self, x, y, s, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "text", recording_text)
     stored = {0: {"hue": 0.41, "shape": 0.12, "texture": 0.0, "contrast": -0.02, "saturation": 0.05}}
     write_gallery(PooledRed(), Spots(6), tmp_path, k=2, prototypes=[0, 1], influences=stored)
     stored_text, computed_text = texts

@@ -1,4 +1,5 @@
-"""Global "because" influences per prototype (Nauta et al., ECML-PKDD workshops 2021; see :mod:`protobench.because`).
+"""Global "because" influences per prototype (Nauta et al., ECML-PKDD workshops 2021; see
+:mod:`protobench.because`).
 
 Streams the similarity-weighted mean of the local influences of hue, shape, texture, contrast and saturation
 over the test images (``prototype_activation.py``, ``weighted_mean``): every image counts for every prototype,
@@ -7,9 +8,9 @@ holds each prototype's influence of each characteristic and the dominant one, as
 
 The model-level value (the paper reports per-prototype scores and their means, no single number) is the mean
 over prototypes of the largest influence divided by the prototype's weighted mean similarity: the share of its
-similarity lost by the perturbation it depends on most. Higher means prototypes are more clearly explained by a
-named visual characteristic (a scale-free number, comparable across families); it is descriptive rather than a
-quality target, so ``higher_is_better`` states only how to read it. Five extra forward passes per image (one
+similarity lost by the perturbation it depends on most. Higher means prototypes are more clearly explained by
+a named visual characteristic (a scale-free number, comparable across families); it is descriptive rather than
+a quality target, so ``higher_is_better`` states only how to read it. Five extra forward passes per image (one
 batched pass over the perturbations) make it ``costly``, like the attacks.
 """
 
@@ -23,9 +24,11 @@ import torchmetrics
 from protobench.because import CHARACTERISTICS, local_influences, weighted_sums
 from protobench.contract import EvalContext, Explanation, MetricResult, MetricSpec, PrototypeModel
 
-PAPER = ("Nauta et al., This Looks Like That, Because ... Explaining Prototypes for Interpretable Image "
-         "Recognition, ECML-PKDD workshops 2021; code M-Nauta/Explaining_Prototypes "
-         "prototype_activation.py (weighted_mean), preprocessing/mod_values.py")
+PAPER = (
+    "Nauta et al., This Looks Like That, Because ... Explaining Prototypes for Interpretable Image "
+    "Recognition, ECML-PKDD workshops 2021; code M-Nauta/Explaining_Prototypes "
+    "prototype_activation.py (weighted_mean), preprocessing/mod_values.py"
+)
 
 
 class Because(torchmetrics.Metric):
@@ -38,8 +41,9 @@ class Because(torchmetrics.Metric):
         self.__dict__["model"] = model  # outside the module tree: the metric's .to() and state_dict skip it
         p = model.num_prototypes
         self.register_buffer("prototype_classes", model.prototype_classes.detach().clone(), persistent=False)
-        self.add_state("weighted_delta", torch.zeros(len(CHARACTERISTICS), p, dtype=torch.double),
-                       dist_reduce_fx="sum")
+        self.add_state(
+            "weighted_delta", torch.zeros(len(CHARACTERISTICS), p, dtype=torch.double), dist_reduce_fx="sum"
+        )
         self.add_state("weight", torch.zeros(p, dtype=torch.double), dist_reduce_fx="sum")
         self.add_state("weighted_similarity", torch.zeros(p, dtype=torch.double), dist_reduce_fx="sum")
 
@@ -64,14 +68,17 @@ class Because(torchmetrics.Metric):
             name: [round(v, 6) if c else None for v, c in zip(row.tolist(), counted.tolist())]
             for name, row in zip(CHARACTERISTICS, influence)
         }
-        per_prototype["dominant"] = [CHARACTERISTICS[d] if c else None
-                                     for d, c in zip(dominant.tolist(), counted.tolist())]
+        per_prototype["dominant"] = [
+            CHARACTERISTICS[d] if c else None for d, c in zip(dominant.tolist(), counted.tolist())
+        ]
         per_prototype["class"] = self.prototype_classes.tolist()
         return MetricResult(
             value=float(relative[counted].mean()),
             detail={
                 "characteristics": list(CHARACTERISTICS),
-                "mean_influence": {n: float(row[counted].mean()) for n, row in zip(CHARACTERISTICS, influence)},
+                "mean_influence": {
+                    n: float(row[counted].mean()) for n, row in zip(CHARACTERISTICS, influence)
+                },
                 "prototypes_never_similar": int((~counted).sum()),
                 "per_prototype": per_prototype,
             },
