@@ -9,6 +9,7 @@ from protobench.data.imagefolder import build_imagefolder
 from protobench.data.synthbirds import PAPER_OPTIONS, QUICK_OPTIONS, build_synthbirds
 from protobench.metrics.accuracy import ACCURACY
 from protobench.metrics.adversarial import ADVERSARIAL_METRICS, AUTOATTACK
+from protobench.metrics.because import BECAUSE
 from protobench.metrics.certified import CERTIFIED_ACCURACY
 from protobench.metrics.consistency import CONSISTENCY
 from protobench.metrics.corruption import CORRUPTION_ACCURACY
@@ -44,6 +45,5 @@ def protobench_datasets() -> list[DatasetSpec]:
 
 @hookimpl
 def protobench_metrics() -> list[MetricSpec]:
-    return [ACCURACY, CONSISTENCY, STABILITY, *FUNNYBIRDS_METRICS, REGION_DELETION, OBJECT_RELEVANCE,
-            *ADVERSARIAL_METRICS, AUTOATTACK,
-            *EXPLANATION_ROBUSTNESS_METRICS, CERTIFIED_ACCURACY, CORRUPTION_ACCURACY]
+    return [ACCURACY, CONSISTENCY, STABILITY, BECAUSE, *FUNNYBIRDS_METRICS, REGION_DELETION,
+            OBJECT_RELEVANCE, *ADVERSARIAL_METRICS, AUTOATTACK, *EXPLANATION_ROBUSTNESS_METRICS, CERTIFIED_ACCURACY, CORRUPTION_ACCURACY]
