@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import argparse
 import math
-import time
-from typing import Any
 
 import torch
+from timing import forward_time, metric_time
 from torch.utils.data import DataLoader, Subset
 
 from protobench.attribution import IG_STEPS
-from protobench.contract import EvalContext, MetricSpec, PrototypeModel
 from protobench.data.synthbirds import build_synthbirds
 from protobench.metrics.object_relevance import OBJECT_RELEVANCE
 from protobench.metrics.region_deletion import REGION_DELETION, TOP_K
@@ -37,26 +35,6 @@ def test_images(images: int) -> Subset:
     subset = Subset(data, range(min(images, len(data))))
     subset.maps = data.maps  # type: ignore[attr-defined]  # the subset's indices are the dataset's
     return subset
-
-
-def forward_time(model: PrototypeModel, prepared: list, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        with torch.no_grad():
-            for batch, _ in prepared:
-                model.explain(batch["image"])
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-def metric_time(spec: MetricSpec, model: PrototypeModel, data: Any, prepared: list) -> tuple[float, Any]:
-    start = time.perf_counter()
-    state = spec.compute(model, EvalContext(dataset=data, device=torch.device("cpu"), seed=0))
-    for batch, explanation in prepared:
-        state.update(batch, explanation)
-    result = state.compute()
-    return time.perf_counter() - start, result
 
 
 def main() -> None:

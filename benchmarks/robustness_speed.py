@@ -21,14 +21,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import math
-import time
 from typing import Any
 
 import torch
+from timing import forward_time, metric_time
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from protobench.contract import EvalContext, Explanation, MetricSpec, PrototypeModel
+from protobench.contract import Explanation, MetricSpec, PrototypeModel
 from protobench.data.synthbirds import build_synthbirds
 from protobench.metrics.adversarial import ADVERSARIAL_METRICS, PGD_STEPS
 from protobench.metrics.certified import CERTIFIED_ACCURACY
@@ -113,27 +113,6 @@ def batches(model: PrototypeModel, data: Dataset, batch_size: int) -> list[tuple
             batch["label"] = explanation.logits.argmax(dim=1)
             out.append((batch, explanation))
     return out
-
-
-def forward_time(model: PrototypeModel, prepared: list, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        with torch.no_grad():
-            for batch, _ in prepared:
-                model.explain(batch["image"])
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-def metric_time(spec: MetricSpec, model: PrototypeModel, data: Dataset, prepared: list) -> tuple[float, Any]:
-    context = EvalContext(dataset=data, device=torch.device("cpu"), seed=0)
-    start = time.perf_counter()
-    state = spec.compute(model, context)
-    for batch, explanation in prepared:
-        state.update(batch, explanation)
-    result = state.compute()
-    return time.perf_counter() - start, result
 
 
 def rounds(result: Any) -> float | None:
