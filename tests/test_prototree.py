@@ -308,3 +308,27 @@ def test_hard_modes_pass_the_soft_gradient_straight_through(mode):
     (grad,) = torch.autograd.grad(logits[:, 0].sum(), x)
     (soft_grad,) = torch.autograd.grad(soft[:, 0].sum(), x)
     assert torch.allclose(grad, soft_grad) and torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+def test_gallery_reads_stored_consistency_and_because_records(tmp_path, monkeypatch):
+    """``harness.gallery`` turns the stored records into each prototype's verdict and "because" influences."""
+    from protobench import harness
+    from protobench.because import CHARACTERISTICS
+    from protobench.store import RecordKey
+
+    torch.manual_seed(6)
+    model = ProtoTree(tiny_config(num_classes=24, input_size=32)).eval()
+    settings = harness.Settings(workdir=tmp_path, device="cpu", dataset_options={"images_per_class": 4})
+    checkpoint.save(model, "prototree", settings.checkpoint_dir("prototree"))
+    p = model.num_prototypes
+    key = lambda metric: RecordKey("synthbirds", "quick", "prototree", 0, metric)
+    influence = {name: [0.1 * (i + 1) + p_ for p_ in range(p)] for i, name in enumerate(CHARACTERISTICS)}
+    settings.store.put(key("because"), {"value": 0.5, "detail": {"characteristics": list(CHARACTERISTICS),
+                                                                 "per_prototype": influence}})
+    settings.store.put(key("consistency"), {"value": 0.0, "detail": {"per_prototype": {
+        "consistent": [False] * p, "part": ["wing"] * p, "max_part_frequency": [0.25] * p}}})
+    seen = {}
+    monkeypatch.setattr(harness, "write_gallery", lambda *args, **kwargs: seen.update(kwargs) or [])
+    harness.gallery(registry(), "prototree", settings, tmp_path / "gallery", progress=None)
+    assert seen["influences"][2] == {name: 0.1 * (i + 1) + 2 for i, name in enumerate(CHARACTERISTICS)}
+    assert seen["verdicts"][1] == "inconsistent: wing in 25% of its class's images"
