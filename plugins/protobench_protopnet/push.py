@@ -14,40 +14,19 @@ code would overwrite it with zeros).
 from __future__ import annotations
 
 import torch
-from torch.utils.data import DataLoader
 
 from protobench.contract import Progress, TrainData
-from protobench.training import batch_to
+from protobench.projection import nearest_patches
 
 
 @torch.no_grad()
 def push_prototypes(model: torch.nn.Module, data: TrainData, progress: Progress, *, batch_size: int) -> None:
     """Project every prototype of ``model`` onto its nearest own-class latent patch of ``data.push``."""
     model.eval()
-    loader = DataLoader(data.push, batch_size=batch_size, shuffle=False, num_workers=data.num_workers)
     classes = model.prototype_classes
-    num_prototypes = classes.numel()
-    best = torch.full((num_prototypes,), float("inf"), device=data.device)
-    vectors = model.prototype_vectors.detach().clone()
-    sources = model.prototype_sources.clone()
-    for batch in progress(loader, desc="push", total=len(loader)):
-        batch = batch_to(batch, data.device)
-        z = model.latent(batch["image"]).float()
-        distances = model.distances(z)
-        own = batch["label"][:, None] == classes[None, :]
-        distances = distances.masked_fill(~own[:, :, None, None], float("inf"))
-        height, width = distances.shape[-2:]
-        flat = distances.transpose(0, 1).reshape(num_prototypes, -1)  # [P, B*h*w], image-major
-        position = flat.argmin(dim=1)
-        nearest = flat.gather(1, position[:, None])[:, 0]
-        better = nearest < best
-        if not better.any():
-            continue
-        image, cell = position // (height * width), position % (height * width)
-        row, col = cell // width, cell % width
-        best = torch.where(better, nearest, best)
-        vectors[better] = z[image[better], :, row[better], col[better]][:, :, None, None].to(vectors.dtype)
-        found = torch.stack([batch["index"].to(data.device)[image], row, col], dim=1)
-        sources[better] = found[better]
-    model.prototype_vectors.data.copy_(vectors)
+    vectors, sources = nearest_patches(
+        model.latent, model.distances, lambda labels: labels[:, None] == classes[None, :],
+        model.prototype_vectors[:, :, 0, 0], model.prototype_sources, data, progress,
+        batch_size=batch_size, desc="push")
+    model.prototype_vectors.data.copy_(vectors[:, :, None, None])
     model.prototype_sources.copy_(sources)

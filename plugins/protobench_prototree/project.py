@@ -13,10 +13,9 @@ any such image keeps its vector and source (the official code would fail on it).
 from __future__ import annotations
 
 import torch
-from torch.utils.data import DataLoader
 
 from protobench.contract import Progress, TrainData
-from protobench.training import batch_to
+from protobench.projection import nearest_patches
 
 from . import tree
 
@@ -25,32 +24,13 @@ from . import tree
 def project_prototypes(model: torch.nn.Module, data: TrainData, progress: Progress, *, batch_size: int) -> None:
     """Replace each kept prototype by its nearest allowed latent patch of ``data.push``."""
     model.eval()
-    loader = DataLoader(data.push, batch_size=batch_size, shuffle=False, num_workers=data.num_workers)
     nodes = model.prototype_nodes
-    best = torch.full((len(nodes),), float("inf"), device=data.device)
     allowed = allowed_classes(model).to(data.device)
-    vectors = model.prototype_vectors.detach().clone()
-    sources = model.prototype_sources.clone()
-    for batch in progress(loader, desc="project", total=len(loader)):
-        batch = batch_to(batch, data.device)
-        z = model.latent(batch["image"]).float()
-        distances = model.distances(z)[:, nodes]
-        own = allowed[:, batch["label"]].T  # [B, P]
-        distances = distances.masked_fill(~own[:, :, None, None], float("inf"))
-        height, width = distances.shape[-2:]
-        flat = distances.transpose(0, 1).reshape(len(nodes), -1)  # [P, B*h*w], image-major
-        position = flat.argmin(dim=1)
-        nearest = flat.gather(1, position[:, None])[:, 0]
-        better = nearest < best  # inf never beats inf: a node without allowed images stays
-        if not better.any():
-            continue
-        image, cell = position // (height * width), position % (height * width)
-        row, col = cell // width, cell % width
-        best = torch.where(better, nearest, best)
-        vectors[nodes[better]] = z[image[better], :, row[better], col[better]][:, :, None, None]
-        found = torch.stack([batch["index"].to(data.device)[image], row, col], dim=1)
-        sources[better] = found[better]
-    model.prototype_vectors.data.copy_(vectors)
+    vectors, sources = nearest_patches(
+        model.latent, lambda z: model.distances(z)[:, nodes], lambda labels: allowed[:, labels].T,
+        model.prototype_vectors[nodes, :, 0, 0], model.prototype_sources, data, progress,
+        batch_size=batch_size, desc="project")
+    model.prototype_vectors.data[nodes] = vectors[:, :, None, None]
     model.prototype_sources.copy_(sources)
 
 
