@@ -28,9 +28,9 @@ from protobench.plugins import Registry
 from protobench.progress import progress as default_progress
 from protobench.store import RecordKey, ResultStore
 
-#: Test images fed to costly metrics per profile (0 = all). ``quick``: 24 (one per synthbirds class on
-#: average), since one PGD step costs a forward and a backward pass and a 2-core CPU manages about ten
-#: such image-passes a second at 64 px; ``paper``: the whole test split.
+#: Test images fed to costly metrics per profile (0 = all; chosen by :func:`costly_subset`). ``quick``: 24
+#: (one per synthbirds class), since one PGD step costs a forward and a backward pass and a 2-core CPU
+#: manages about ten such image-passes a second at 64 px; ``paper``: the whole test split.
 COSTLY_IMAGES = {"quick": 24, "paper": 0}
 
 
@@ -148,6 +148,37 @@ def load_trained(
     return checkpoint.load(directory, registry, device), checkpoint.read_meta(directory)
 
 
+def dataset_labels(dataset: Dataset) -> torch.Tensor:
+    """``LongTensor[N]``: every item's label, from a ``labels`` or ``targets`` attribute where the dataset has
+    one of its length, else read item by item (once)."""
+    for name in ("labels", "targets"):
+        found = getattr(dataset, name, None)
+        if found is not None and len(found) == len(dataset):
+            return torch.as_tensor(found).long()
+    return torch.tensor([int(dataset[i]["label"]) for i in range(len(dataset))], dtype=torch.long)
+
+
+def costly_subset(dataset: Dataset, limit: int) -> torch.Tensor:
+    """``BoolTensor[len(dataset)]``: the test images costly metrics see, ``limit`` of them (0: all).
+
+    Stratified by class, round-robin: each class's first image (by dataset index), in label order, then
+    each class's second, and so on, so that every class is seen once ``limit`` reaches the number of
+    classes. It depends on the labels only, so every process of a torchrun run computes the same subset.
+    """
+    chosen = torch.ones(len(dataset), dtype=torch.bool)
+    if not limit or limit >= len(dataset):
+        return chosen
+    labels = dataset_labels(dataset)
+    by_label = torch.sort(labels, stable=True).indices  # classes in label order, index order within each
+    counts = torch.unique_consecutive(labels[by_label], return_counts=True)[1]
+    starts = torch.repeat_interleave(counts.cumsum(0) - counts, counts)
+    place = torch.arange(len(labels)) - starts  # each image's place within its class
+    order = by_label[torch.sort(place, stable=True).indices]  # round-robin: rank first, then label
+    chosen[:] = False
+    chosen[order[:limit]] = True
+    return chosen
+
+
 def evaluate(
     registry: Registry,
     model: str,
@@ -168,15 +199,14 @@ def evaluate(
         seed_everything(settings.seed)
         dataset = build_split(registry, settings, "test", eval_transform(_input_size(net.config)))
         info = model_info(net, meta)
-        limit = settings.costly_limit
-        stride = -(-len(dataset) // limit) if limit else 1  # costly metrics see indices 0, stride, 2 * stride, ...
-        passes = _shared_pass(net, model, dataset, todo, settings, device, rank, world, stride, progress)
+        costly = costly_subset(dataset, settings.costly_limit)
+        passes = _shared_pass(net, model, dataset, todo, settings, device, rank, world, costly, progress)
         for spec, result, reason in passes:
             if rank == 0:  # each record lands the moment it is computed
                 store.put(key(spec.name), {
                     "value": result.value,
                     "detail": result.detail,
-                    "test_images": len(range(0, len(dataset), stride)) if spec.costly else len(dataset),
+                    "test_images": int(costly.sum()) if spec.costly else len(dataset),
                     "not_applicable": reason,
                     "higher_is_better": spec.higher_is_better,
                     "paper": spec.paper,
@@ -197,13 +227,14 @@ def _shared_pass(
     device: torch.device,
     rank: int,
     world: int,
-    stride: int,
+    costly: torch.Tensor | None,
     progress: Any,
 ) -> Iterator[tuple[MetricSpec, MetricResult, str | None]]:
     """One pass over (this process's shard of) ``dataset`` feeding every applicable metric.
 
-    Costly metrics see only the images whose dataset index is a multiple of ``stride``. Yields
-    (spec, result, reason-not-applicable) per metric, computing each only when asked.
+    Costly metrics see only the images whose dataset index ``costly`` (``BoolTensor[len(dataset)]``, from
+    :func:`costly_subset`; None: every image) marks. Yields (spec, result, reason-not-applicable) per
+    metric, computing each only when asked.
     """
     shard = Subset(dataset, range(rank, len(dataset), world)) if world > 1 else dataset
     loader = DataLoader(shard, batch_size=settings.batch_size, shuffle=False, num_workers=settings.num_workers)
@@ -229,7 +260,7 @@ def _shared_pass(
                         raise ValueError(f"metric {spec.name!r} cannot be reduced across {world} processes: "
                                          "its state must be a torchmetrics.Metric to run under torchrun")
                     states[spec.name] = state.to(device) if isinstance(state, torch.nn.Module) else state
-        keep = batch["index"] % stride == 0
+        keep = torch.ones(len(batch["index"]), dtype=torch.bool) if costly is None else costly[batch["index"]]
         costly_batch, costly_out = (batch, out) if keep.all() else (_rows(batch, keep), _rows(out, keep))
         for spec in specs:
             if spec.name in states and (not spec.costly or len(costly_batch["index"])):

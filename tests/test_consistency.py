@@ -294,7 +294,7 @@ def test_one_batch_or_many_through_the_harness_give_the_same_results():
     def evaluate(batch_size: int) -> dict:
         settings = harness.Settings(batch_size=batch_size, seed=4)
         out = harness._shared_pass(model, "fake", dataset, [CONSISTENCY, STABILITY], settings,
-                                   torch.device("cpu"), 0, 1, 1, lambda it, desc="", total=None: it)
+                                   torch.device("cpu"), 0, 1, None, lambda it, desc="", total=None: it)
         return {spec.name: (result.value, result.detail) for spec, result, _ in out}
 
     whole = evaluate(64)

@@ -8,6 +8,13 @@ import subprocess
 import sys
 import time
 
+import torch
+import torchmetrics
+from torch.utils.data import Dataset
+
+from protobench import harness
+from protobench.contract import Explanation, MetricResult, MetricSpec, PrototypeModel
+
 RUN = ("run", "--dataset", "colours", "--models", "toy_a,toy_b", "--batch-size", "8")
 
 
@@ -133,8 +140,8 @@ def test_gallery_command_writes_pictures(toy_cli):
     assert "0 prototype pictures in galleries/colours/toy_a" in done.stdout  # the toy model has no prototypes
 
 
-def test_costly_metrics_see_an_evenly_spaced_subset_and_optional_ones_run_when_named(toy_cli):
-    assert toy_cli(*RUN, "--costly-images", "5").returncode == 0  # 24 test images: stride 5 -> 0, 5, ..., 20
+def test_costly_metrics_see_a_subset_and_optional_ones_run_when_named(toy_cli):
+    assert toy_cli(*RUN, "--costly-images", "5").returncode == 0  # 24 test images, 3 classes: 0, 1, ..., 4
     results = toy_cli.cwd / ".protobench/results/colours/quick/toy_a/seed0"
     costly = json.loads((results / "costly_hits.json").read_text())
     assert costly["detail"]["total"] == 5 and costly["test_images"] == 5
@@ -142,3 +149,83 @@ def test_costly_metrics_see_an_evenly_spaced_subset_and_optional_ones_run_when_n
     assert not (results / "optional_hits.json").exists()
     done = toy_cli("eval", "--dataset", "colours", "--model", "toy_a", "--metrics", "optional_hits")
     assert done.returncode == 0 and (results / "optional_hits.json").exists()
+
+
+class Labelled(Dataset):
+    """Labels ``index % classes`` (synthbirds' rule), readable item by item or, with ``attribute``, at once."""
+
+    def __init__(self, n: int, classes: int, attribute: str | None = None):
+        self.n, self.classes, self.reads = n, classes, 0
+        if attribute:
+            setattr(self, attribute, [i % classes for i in range(n)])
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict:
+        self.reads += 1
+        return {"image": torch.zeros(3, 2, 2), "label": i % self.classes, "index": i}
+
+
+def test_costly_subset_sees_every_class_round_robin():
+    # synthbirds' quick test split: 1,080 images, 24 classes, 24 costly images; every 45th image (the old
+    # rule) would be labels 0, 21, 18, ...: 8 classes
+    chosen = harness.costly_subset(Labelled(1080, 24, "labels"), 24)
+    assert chosen.nonzero().flatten().tolist() == list(range(24))
+    assert len({i % 24 for i in range(0, 1080, 45)}) == 8
+    # 30 images: every class once, then classes 0..5 a second time
+    chosen = harness.costly_subset(Labelled(1080, 24, "targets"), 30).nonzero().flatten()
+    assert chosen.tolist() == list(range(30))
+    # labels in any order: each class's first image by index, then the second ones, in label order
+    dataset = Labelled(7, 3)
+    dataset.labels = [2, 2, 0, 1, 1, 0, 2]
+    assert harness.costly_subset(dataset, 4).nonzero().flatten().tolist() == [0, 2, 3, 5]
+    assert bool(harness.costly_subset(dataset, 0).all()) and bool(harness.costly_subset(dataset, 9).all())
+
+
+def test_costly_subset_reads_labels_from_items_without_an_attribute():
+    dataset = Labelled(12, 4)
+    assert harness.dataset_labels(dataset).tolist() == [i % 4 for i in range(12)] and dataset.reads == 12
+    assert harness.costly_subset(dataset, 6).nonzero().flatten().tolist() == list(range(6))
+    attribute = Labelled(12, 4, "labels")
+    assert harness.dataset_labels(attribute).tolist() == [i % 4 for i in range(12)] and attribute.reads == 0
+
+
+class Zero(PrototypeModel):
+    """Zero logits over ``classes`` classes, no prototypes."""
+
+    def __init__(self, classes: int):
+        super().__init__()
+        self.num_classes, self.input_size, self.config = classes, (2, 2), {}
+        self.register_buffer("prototype_classes", torch.zeros(0, dtype=torch.long))
+
+    def explain(self, x: torch.Tensor) -> Explanation:
+        return Explanation(logits=x.new_zeros(len(x), self.num_classes), similarities=x.new_zeros(len(x), 0, 1, 1))
+
+
+class SeenLabels(torchmetrics.Metric):
+    """Counts the images of each class it is fed."""
+
+    def __init__(self, classes: int):
+        super().__init__()
+        self.add_state("seen", torch.zeros(classes, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, batch: dict, explanation: Explanation) -> None:
+        self.seen += torch.bincount(batch["label"], minlength=len(self.seen))
+
+    def compute(self) -> MetricResult:
+        return MetricResult(value=float(self.seen.sum()), detail={"seen": self.seen.tolist()})
+
+
+def test_sharded_costly_metrics_see_each_class_of_the_subset_once():
+    """What torchrun does: each process feeds its shard; the subset is the same on every process."""
+    dataset = Labelled(96, 24, "labels")
+    spec = MetricSpec(name="seen", compute=lambda model, context: SeenLabels(24), costly=True)
+    settings = harness.Settings(batch_size=5)
+    chosen = harness.costly_subset(dataset, 24)
+    states = []
+    for rank in range(2):
+        out = harness._shared_pass(Zero(24), "zero", dataset, [spec], settings, torch.device("cpu"), rank, 2,
+                                   chosen, lambda it, desc="", total=None: it)
+        states.append(next(iter(out))[1].detail["seen"])
+    assert [a + b for a, b in zip(*states)] == [1] * 24

@@ -8,7 +8,7 @@ visinf/funnybirds-framework ``evaluation_protocols.py`` (function named per metr
 importances come from :mod:`protobench.metrics.funnybirds_pass`.
 
 Named departures for all protocols: parts are synthbirds' 11 named parts (FunnyBirds: 5), the images are the
-harness's evenly spaced test subset (``costly``; FunnyBirds: its whole test split or ``--nr_itrs`` images),
+harness's class-stratified test subset (``costly``; FunnyBirds: its whole test split or ``--nr_itrs`` images),
 and every protocol sees the same images. The states are torchmetrics states (counts summed, per-image scores
 concatenated), so the metrics reduce across processes under torchrun.
 """
