@@ -8,7 +8,8 @@ the prototypes of ``c``, of each prototype's image region (a 0/1 mask) times its
 last-layer connection to ``c``. Here the weight is ``Explanation.contributions[:, p, c]`` (for ProtoPNet
 exactly max similarity x last-layer weight) and the prototypes are those with ``prototype_classes`` equal to
 ``c`` or -1 (a prototype that serves no single class, e.g. ProtoTree's path nodes), so any family with
-contributions works unchanged.
+contributions works unchanged. The union of regions that decides which parts are important takes the same
+prototypes where their weight is positive (:func:`prototype_attribution`).
 
 Named departures: a prototype's region is protobench's shared region (:func:`protobench.regions.
 prototype_regions`: a fixed box around the bicubically upsampled maximum, or the family's own ``regions``
@@ -66,12 +67,22 @@ def prototype_attribution(
 ) -> Tensor:
     """``[B, H, W]``: sum of the class prototypes' region masks, weighted by their contribution to ``target``.
 
-    With ``weighted=False`` the map is the union of the regions (0/1), as FunnyBirds'
-    ``ProtoPNetExplainer.get_important_parts`` uses it (masks summed, clamped to [0, 1]).
+    With ``weighted=False`` the map is the union (0/1) of the regions of the class prototypes whose
+    contribution to ``target`` is positive, as FunnyBirds' ``ProtoPNetExplainer.get_important_parts`` uses it
+    (masks summed, clamped to [0, 1]): the prototypes that add evidence for the class in the weighted map.
+    For ProtoPNet that is every prototype of the class (positive similarity times a positive last-layer
+    connection), FunnyBirds' set; a prototype that weighs nothing (a ProtoTree node off the greedy path) or
+    counts against the class is not in the union.
     """
     target = target.to(explanation.similarities.device)
     batch = target.numel()
+    contributions = explanation.contributions
+    if contributions is None:
+        raise ValueError("a prototype attribution needs Explanation.contributions")
+    weights = contributions.to(target.device)[torch.arange(batch, device=target.device), :, target]  # [B, P]
     chosen = class_prototypes(model, target)
+    if not weighted:
+        chosen = chosen & (weights > 0)
     pairs = chosen.nonzero()
     result = torch.zeros(batch, *image_size, device=target.device)
     if not len(pairs):
@@ -79,10 +90,7 @@ def prototype_attribution(
     boxes = prototype_regions(model, explanation, image_size, pairs=pairs).to(target.device)
     rows, columns = box_masks(boxes, image_size)
     if weighted:
-        contributions = explanation.contributions
-        if contributions is None:
-            raise ValueError("a weighted prototype attribution needs Explanation.contributions")
-        rows = rows * contributions[pairs[:, 0], pairs[:, 1], target[pairs[:, 0]]].float()[:, None]
+        rows = rows * weights[pairs[:, 0], pairs[:, 1]].float()[:, None]
     result.index_add_(0, pairs[:, 0], rows[:, :, None] * columns[:, None, :])
     return result if weighted else result.clamp(max=1.0)
 

@@ -75,6 +75,25 @@ def test_unweighted_map_is_the_union_of_the_class_regions():
     assert int(union.sum()) == 4 + 4 - 1  # two 2x2 boxes overlapping in one pixel
 
 
+def test_union_holds_only_the_prototypes_adding_evidence_for_the_class():
+    # class 0: prototype 0 adds 2, class-free prototype 1 adds nothing (a ProtoTree node off the path) and
+    # class-free prototype 2 counts against it (-1): only box 0 is in the union; the weighted map has all three
+    contributions = torch.tensor([[[2.0, 1.0], [0.0, 1.0], [-1.0, 1.0]]])
+    model = BoxModel(contributions, BOXES, classes=(0, -1, -1))
+    explanation = model.explain(torch.zeros(1, 3, 8, 8))
+    union = prototype_attribution(model, explanation, torch.tensor([0]), (8, 8), weighted=False)
+    expected = torch.zeros(1, 8, 8)
+    expected[0, 0:2, 0:2] = 1.0
+    assert torch.equal(union, expected)
+    weighted = prototype_attribution(model, explanation, torch.tensor([0]), (8, 8))
+    expected = 2.0 * expected
+    expected[0, 1:3, 1:3] -= 1.0
+    assert torch.equal(weighted, expected)
+    # class 1: both class-free prototypes add 1 (prototype 0 is class 0's): boxes 1 and 2, sharing a pixel
+    union = prototype_attribution(model, explanation, torch.tensor([1]), (8, 8), weighted=False)
+    assert int(union.sum()) == 4 + 4 - 1
+
+
 def test_a_class_without_prototypes_gets_an_empty_map():
     model = BoxModel(torch.ones(1, 3, 2), BOXES, classes=(0, 0, 0))
     assert attribution_maps(model, torch.zeros(1, 3, 8, 8), torch.tensor([1])).abs().sum() == 0
@@ -94,8 +113,9 @@ def test_black_box_gets_integrated_gradients_summed_over_channels():
     torch.testing.assert_close(maps.sum((1, 2)), model(images)[[0, 1], target].detach(), rtol=1e-4, atol=1e-5)
 
 
-def test_weighted_prototype_map_without_contributions_is_an_error():
+def test_prototype_map_without_contributions_is_an_error():
     model = BoxModel(torch.ones(1, 3, 2), BOXES)
     explanation = Explanation(logits=torch.zeros(1, 2), similarities=torch.ones(1, 3, 2, 2))
-    with pytest.raises(ValueError, match="contributions"):
-        prototype_attribution(model, explanation, torch.tensor([0]), (8, 8))
+    for weighted in (True, False):
+        with pytest.raises(ValueError, match="contributions"):
+            prototype_attribution(model, explanation, torch.tensor([0]), (8, 8), weighted=weighted)

@@ -15,7 +15,9 @@ visinf/funnybirds ``funnybirds_complete/explainers/explainer_wrapper.py``, ``Pro
   attribution_maps`), with the part mask dilated by a 5 x 5 max filter for attribution explainers
   (Integrated Gradients) and undilated for prototype models;
 * important parts at threshold t, attribution explainers: importance > t x the attribution's total;
-  prototype models: the union of the class's prototype regions covers more than the fraction t of the part.
+  prototype models: the union of the regions of the class's prototypes with a positive contribution to it
+  (the prototypes that carry the importance's weight; ProtoTree: the path nodes that add evidence for the
+  class) covers more than the fraction t of the part.
   Named departure: FunnyBirds' ProtoPNet wrapper sums the 3-channel union over a 1-channel mask, so its
   effective fraction is t / 3; here it is t, the rule its comment states.
 
