@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -19,8 +21,21 @@ from protobench.data.synthbirds_classes import (
     minimal_sufficient_part_sets,
     shared_parts,
 )
-from protobench.metrics.funnybirds import FUNNYBIRDS_METRICS, relevant, single_deletion_correlation
-from protobench.metrics.funnybirds_pass import OPTION_KEY, THRESHOLDS
+from protobench.metrics.funnybirds import (
+    FUNNYBIRDS_METRICS,
+    Completeness,
+    Contrastivity,
+    irrelevant,
+    relevant,
+    single_deletion_correlation,
+)
+from protobench.metrics.funnybirds_pass import (
+    OPTION_KEY,
+    THRESHOLDS,
+    FunnyBirdsPass,
+    ImageOutcome,
+    _contrast_assumption,
+)
 
 #: Two classes (blue plain wing, blue barred wing) that differ in the wing only; birds in a fixed pose,
 #: flat light, no twig: the wing covers the same pixels in every image and its colours are exact.
@@ -138,6 +153,12 @@ def test_relevance_needs_a_five_percent_drop():
     original = torch.tensor(10.0)
     assert relevant(original, torch.tensor([9.0, 9.6, 10.5, 9.5])).tolist() == [True, False, False, True]
     assert relevant(torch.tensor(-10.0), torch.tensor([-10.4, -10.6])).tolist() == [False, True]
+    assert irrelevant(original, torch.tensor([9.0, 9.6, 10.5, 9.5])).tolist() == [False, True, True, False]
+    # distractibility_protocol: a part whose removal leaves a score of 0 at 0 is not irrelevant (neither
+    # |0| < |0.05 * 0| nor 0 < 0), and background_independence_protocol does not count it as relevant either
+    zero = torch.tensor(0.0)
+    assert irrelevant(zero, torch.tensor([0.0, 0.5, -0.5])).tolist() == [False, True, False]
+    assert relevant(zero, torch.tensor([0.0, 0.5, -0.5])).tolist() == [False, False, True]
 
 
 def test_single_deletion_correlation_is_spearman_and_nan_when_constant():
@@ -240,3 +261,150 @@ def evaluate_states(model: PrototypeModel, dataset, indices) -> dict:
         for state in states.values():
             state.update(batch, explanation)
     return states
+
+
+# -- protocol scores on handcrafted outcomes ----------------------------------------------------------------
+
+def protocol_state(state: type, minimal_sets: list[frozenset[str]] | None = None):
+    """A protocol state whose ``score`` is fed by hand (its shared pass is never run)."""
+    dataset = SimpleNamespace(minimal_sufficient_part_sets=lambda label: minimal_sets or [])
+    return state(Constant(), EvalContext(dataset=dataset, device=torch.device("cpu")))
+
+
+def outcome_for_d(logits: list[float], removed: list[float], important: list[int]) -> ImageOutcome:
+    """An image of class 0 with one background object: ``removed`` are class 0's logits without each of the
+    11 parts, then the object; ``important`` are the slots the explanation calls important at every t."""
+    k = len(PART_NAMES)
+    scores = torch.tensor(logits)
+    without = scores.repeat(k + 1, 1)
+    without[:, 0] = torch.tensor(removed)
+    called = torch.zeros(len(THRESHOLDS), k + 1, dtype=torch.bool)
+    called[:, important] = True
+    repeated = scores.repeat(len(THRESHOLDS), 1)
+    return ImageOutcome(index=0, label=0, logits=scores, objects=1, part_removed=without[:k],
+                        object_removed=without[k:], important=called, preserved=repeated, deleted=repeated)
+
+
+@pytest.mark.filterwarnings("ignore:The ``compute`` method")  # fed by hand, not by update
+def test_distractibility_counts_the_irrelevant_parts_called_important():
+    state = protocol_state(Completeness)
+    # target logit 2: removing part 0 (to 1.0) or the object (to 0.5) lowers it by 5% or more: relevant;
+    # part 1 (1.95: a 2.5% drop), part 2 (3.0: a rise) and parts 3..10 (unchanged) are irrelevant: 10 slots.
+    # The explanation calls parts 0 and 1 important: 1 of the 10 irrelevant slots.
+    removed = [1.0, 1.95, 3.0] + [2.0] * 8 + [0.5]
+    state.score(outcome_for_d([2.0, 0.0], removed, important=[0, 1]))
+    # target logit 0 (the reference's both-zero case): removing parts 3..10 leaves 0, which the reference
+    # counts as relevant; part 2 (0.5) raises it, part 1 (-1) lowers it: 1 irrelevant slot, called important
+    removed = [0.0, -1.0, 0.5] + [0.0] * 8 + [-0.5]
+    state.score(outcome_for_d([0.0, 1.0], removed, important=[0, 2]))
+    rows = torch.cat(state.d)
+    assert rows[0].tolist() == pytest.approx([0.1] * len(THRESHOLDS))
+    assert rows[1].tolist() == [1.0] * len(THRESHOLDS)
+    result = state.compute()
+    assert result.detail["d"] == pytest.approx(1 - (0.1 + 1.0) / 2)
+    assert result.detail["d_images"] == 2
+
+
+@pytest.mark.filterwarnings("ignore:The ``compute`` method")  # fed by hand, not by update
+def test_target_sensitivity_compares_each_class_explanation_with_the_other():
+    state = protocol_state(Contrastivity)
+    parts = list(PART_NAMES)
+    shared = [frozenset(parts[:2]), frozenset(parts[2:4])]  # class 1 shares parts 0, 1; class 2 parts 2, 3
+
+    def contrast(first: list[float], second: list[float]) -> ImageOutcome:
+        """Part importances for class 1 (``first``) and class 2 (``second``) on parts 0..3, 0 elsewhere."""
+        pad = [0.0] * (len(parts) - 4)
+        return ImageOutcome(index=0, label=0, logits=torch.zeros(3), contrast={
+            "classes": (1, 2), "shared": shared,
+            "importance": [torch.tensor(first + pad), torch.tensor(second + pad)]})
+
+    # image 1: class 1's explanation weighs parts 0, 1 at 6 (class 2's: 2), class 2's weighs parts 2, 3 at 9
+    # (class 1's: 1): both explanations point at their own shared parts, scores 1 and 1
+    state.score(contrast([3.0, 3.0, 0.5, 0.5], [1.0, 1.0, 4.0, 5.0]))
+    # image 2: class 1's explanation weighs parts 0, 1 less than class 2's does (2 < 4): 0; class 2's: 1
+    state.score(contrast([1.0, 1.0, 0.0, 0.0], [2.0, 2.0, 3.0, 3.0]))
+    assert torch.cat(state.scores).tolist() == [1.0, 1.0, 0.0, 1.0]
+    assert state.compute().value == pytest.approx(0.75)
+
+
+def test_target_sensitivity_keeps_images_whose_logits_confirm_the_class_pair():
+    # FunnyBirds' filter: removing the parts class 1 shares with the target must lower class 1's logit more
+    # than removing those class 2 shares, and the other way round for class 2
+    def check(removed: list[list[float]]) -> bool:
+        outcome = ImageOutcome(index=0, label=0, logits=torch.tensor([5.0, 2.0, 2.0]))
+        outcome.contrast = {"classes": (1, 2), "logits": torch.tensor(removed)}
+        return _contrast_assumption(outcome)
+
+    assert check([[5.0, 0.5, 1.8], [5.0, 1.9, 0.4]])  # class 1 falls by 1.5 vs 0.1; class 2 by 1.6 vs 0.2
+    assert not check([[5.0, 1.9, 1.8], [5.0, 0.5, 0.4]])  # class 1 falls more without class 2's parts
+    assert not check([[5.0, 0.5, 0.4], [5.0, 1.9, 1.8]])  # class 2 falls more without class 1's parts
+
+
+class Boxes(PrototypeModel):
+    """Prototypes with fixed classes, regions (the ``regions`` hook) and contributions to class 0."""
+
+    def __init__(self, classes: list[int], boxes: list[list[int]], contributions: list[float], size: int = 20):
+        super().__init__()
+        self.num_classes, self.input_size, self.config = 2, (size, size), {}
+        self.register_buffer("prototype_classes", torch.tensor(classes))
+        self.boxes = torch.tensor(boxes)
+        self.weights = torch.stack([torch.tensor(contributions), torch.zeros(len(classes))], dim=1)
+
+    def explain(self, x: Tensor) -> Explanation:
+        b = len(x)
+        contributions = self.weights.expand(b, -1, -1)
+        return Explanation(contributions.sum(1), torch.ones(b, len(self.boxes), 2, 2), contributions)
+
+    def regions(self, explanation: Explanation, image_size: tuple[int, int]) -> Tensor:
+        return self.boxes.expand(len(explanation.logits), -1, -1)
+
+
+def importances(model: PrototypeModel, images: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
+    """Class-0 part importance ``[S]`` and important parts ``[T, S]`` of one image."""
+    shared = FunnyBirdsPass(model, None, torch.device("cpu"))
+    with torch.no_grad():
+        explanation = model.explain(images)
+    importance, important = shared._importances(images, explanation, masks, [0], [0])
+    return importance[0], important[0]
+
+
+def test_prototype_part_importance_follows_the_regions_with_positive_contribution():
+    # parts (20 x 20 image): A = rows 0..9 x columns 0..9, B = rows 10..19 x columns 10..19, C = rows 10..19 x
+    # columns 0..9. Prototype 0 (class 0, contribution 1) covers rows 0..1 of A: 20 of its 100 pixels.
+    # Prototype 1 (class-free, contribution 0: a ProtoTree node off the path) covers B; prototype 2
+    # (class-free, contribution -0.5: a node leading away from class 0) covers C.
+    masks = torch.zeros(1, 3, 20, 20, dtype=torch.bool)
+    masks[0, 0, :10, :10] = masks[0, 1, 10:, 10:] = masks[0, 2, 10:, :10] = True
+    model = Boxes([0, -1, -1], [[0, 0, 9, 1], [10, 10, 19, 19], [0, 10, 9, 19]], [1.0, 0.0, -0.5])
+    importance, important = importances(model, torch.zeros(1, 3, 20, 20), masks)
+    assert importance.tolist() == pytest.approx([20.0, 0.0, -50.0])  # contributions x covered pixels
+    # A is important while its covered fraction, 0.2, exceeds t; B and C are in no counted region
+    assert important[:, 0].tolist() == (THRESHOLDS < 0.2).tolist()
+    assert not important[:, 1:].any()
+
+
+class ChannelSum(PrototypeModel):
+    """A black box: logit 0 is the sum of channel 0, logit 1 is 0; Integrated Gradients is channel 0."""
+
+    def __init__(self):
+        super().__init__()
+        self.num_classes, self.input_size, self.config = 2, (20, 20), {}
+        self.register_buffer("prototype_classes", torch.zeros(0, dtype=torch.long))
+
+    def explain(self, x: Tensor) -> Explanation:
+        first = x[:, 0].sum((1, 2))
+        return Explanation(torch.stack([first, 0 * first], 1), x.new_zeros(len(x), 0, 1, 1))
+
+
+def test_attribution_part_importance_is_the_dilated_sum_against_the_total():
+    # channel 0 is 1 on rows 5..14 x columns 5..14 (100 pixels), so the attribution is 1 there, 0 elsewhere.
+    # Part A is that square; part B is rows 16..19, dilated by the 5 x 5 filter to rows 14..19: it holds one
+    # attribution row, 10 of 100.
+    images = torch.zeros(1, 3, 20, 20)
+    images[0, 0, 5:15, 5:15] = 1.0
+    masks = torch.zeros(1, 2, 20, 20, dtype=torch.bool)
+    masks[0, 0, 5:15, 5:15] = masks[0, 1, 16:] = True
+    importance, important = importances(ChannelSum(), images, masks)
+    assert importance.tolist() == pytest.approx([100.0, 10.0], abs=1e-3)
+    assert important[:, 0].all()
+    assert important[:, 1].tolist() == (THRESHOLDS < 0.1).tolist()

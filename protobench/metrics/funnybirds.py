@@ -39,11 +39,21 @@ CURVES = ("csdc", "pc", "dc", "d")
 def relevant(original: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
     """Whether each removal lowers the score by at least :data:`RELEVANT_DROP` of ``|original|``.
 
-    ``background_independence_protocol``: ``abs(diff) >= abs(0.05 * original) and original > removed``; its
-    negation is ``distractibility_protocol``'s "irrelevant" part.
+    ``background_independence_protocol``: ``abs(diff) >= abs(0.05 * original) and original > removed``.
     """
     drop = original - removed
     return (drop.abs() >= (RELEVANT_DROP * original).abs()) & (original > removed)
+
+
+def irrelevant(original: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
+    """Whether each removal lowers the score by less than :data:`RELEVANT_DROP` of ``|original|``, or raises it.
+
+    ``distractibility_protocol``: ``abs(diff) < abs(0.05 * original) or original < removed``. Not quite the
+    negation of :func:`relevant`: where both scores are 0 neither condition holds, so the part is relevant
+    (the reference's rule, followed here).
+    """
+    drop = original - removed
+    return (drop.abs() < (RELEVANT_DROP * original).abs()) | (original < removed)
 
 
 def _cat(values: list[torch.Tensor] | torch.Tensor) -> torch.Tensor | None:
@@ -110,8 +120,8 @@ class Completeness(_Protocol):
       keeps the prediction;
     * DC (``deletion_check_protocol``): 1 when removing the parts important for the predicted class changes it;
     * D (``distractibility_protocol``; images with some irrelevant part or object): 1 - the share of the
-      irrelevant parts and background objects (removal lowers the target logit by less than 5%, or raises it)
-      that the explanation calls important.
+      irrelevant parts and background objects (removal lowers the target logit by less than 5%, or raises it;
+      :func:`irrelevant`) that the explanation calls important.
 
     The summary follows ``evaluate_explainability.py`` (best threshold: first strict maximum of
     ``csdc/3 + pc/3 + dc/3 + d``) and ``plot_results.py`` (``com = ((csdc + pc + dc) / 3 + d) / 2``). Named
@@ -142,9 +152,9 @@ class Completeness(_Protocol):
         self.dc.append((outcome.deleted.argmax(1) != prediction).double()[None])
         original = outcome.logits[label]
         removed = torch.cat([outcome.part_removed[:, label], outcome.object_removed[:, label]])
-        irrelevant = ~relevant(original, removed)
-        if irrelevant.any():
-            called = (outcome.important & irrelevant).sum(1).double() / int(irrelevant.sum())
+        irrelevant_parts = irrelevant(original, removed)
+        if irrelevant_parts.any():
+            called = (outcome.important & irrelevant_parts).sum(1).double() / int(irrelevant_parts.sum())
             self.d.append(called[None])
 
     def compute(self) -> MetricResult:
