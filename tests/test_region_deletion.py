@@ -134,6 +134,7 @@ def test_a_model_that_ignores_the_input_has_no_drop():
                  torch.rand(4, 3, SIZE, SIZE), [0, 0, 1, 1])
     assert result.value == 0.0
     assert result.detail["curves"]["logit_drop"] == [0.0] * 3 and result.detail["auc"] == 0.0
+    assert result.detail["curves"]["control_probability_drop"] == [0.0] * 3
     assert result.detail["curves"]["control_accuracy_drop"] == [0.0] * 3
     assert result.detail["top_k"] == 3  # min(TOP_K, prototypes)
 
@@ -148,15 +149,41 @@ def test_a_model_reading_one_region_loses_exactly_that_region():
     model = RegionModel(centres, weights, square_reader(7, 5, 11, other=20.0))
     result = run(model, images, [0, 0], region_deletion_top_k=2)
     mean = 121 / SIZE**2
-    expected = 121 - 121 * mean
+    expected = 121 - 121 * mean  # class 0's logit falls from 121 to 14.2, below class 1's 20
     curve = result.detail["curves"]["logit_drop"]
     assert curve == pytest.approx([expected, expected])  # the second region (around (25, 25)) is outside
-    assert result.detail["auc"] == pytest.approx(expected)  # trapezoid over k = 1, 2
-    control = result.detail["curves"]["control_logit_drop"]
-    assert all(0 <= c <= expected + 1e-4 for c in control)
-    assert result.value == pytest.approx(expected - control[-1])
-    assert result.detail["accuracy_drop"] == 1.0  # class 0's logit falls from 121 to 14.2, below class 1's 20
+    assert result.detail["accuracy_drop"] == 1.0
     assert result.detail["regions"] == "prototype regions"
+    # the value is in probabilities: class 0's falls from sigmoid(121 - 20) to sigmoid(14.2 - 20)
+    probability = torch.sigmoid(torch.tensor(101.0, dtype=torch.float64))
+    drop = float(probability - torch.sigmoid(torch.tensor(121 - expected - 20, dtype=torch.float64)))
+    assert result.detail["curves"]["probability_drop"] == pytest.approx([drop, drop])
+    assert result.detail["auc"] == pytest.approx(drop)  # trapezoid over k = 1, 2
+    # the control removes the same two regions rolled by each image's seeded offset: it takes only some of
+    # the square's 121 pixels, so class 0 keeps most of its logit
+    masks = cumulative_masks(torch.tensor([[[7, 5, 17, 15], [20, 20, 30, 30]]] * 2), (SIZE, SIZE))
+    rolled = control_masks(masks, torch.arange(2), seed=3)[:, -1, 5:16, 7:18].sum(dim=(1, 2)).double()
+    assert 0 <= rolled.max() < 60
+    control_logit = 121 - rolled * (1 - mean)
+    control_drop = float((probability - torch.sigmoid(control_logit - 20)).mean())
+    assert result.detail["control_logit_drop"] == pytest.approx(float((121 - control_logit).mean()))
+    assert result.detail["control_probability_drop"] == pytest.approx(control_drop, abs=1e-9)
+    assert result.value == pytest.approx(drop - control_drop) and result.value > 0.99
+
+
+def test_the_value_is_the_same_for_logits_and_log_probabilities():
+    # ProtoPNet's logits are a linear layer's outputs, ProtoTree's are log-probabilities: the same
+    # probabilities give the same value, while the logit drops (in the detail) differ
+    centres = torch.tensor([[[10, 12], [25, 25]]])
+    weights = torch.tensor([[2.0, 0.0], [0.5, 0.0]])
+    images = torch.zeros(3, 3, SIZE, SIZE)
+    images[:, 0, 5:16, 7:18] = torch.rand(3, 11, 11, generator=torch.Generator().manual_seed(0)) * 0.05
+    read = square_reader(7, 5, 11, other=2.0)
+    logits = run(RegionModel(centres, weights, read), images, [0, 1, 1])
+    log_read = lambda x: read(x).log_softmax(dim=1)
+    log_probabilities = run(RegionModel(centres, weights, log_read), images, [0, 1, 1])
+    assert log_probabilities.value == pytest.approx(logits.value, abs=1e-6) and logits.value != 0
+    assert log_probabilities.detail["logit_drop"] != pytest.approx(logits.detail["logit_drop"])
 
 
 def test_a_black_box_is_scored_through_integrated_gradients():
@@ -194,12 +221,13 @@ def test_region_deletion_agrees_with_quantus_region_perturbation():
         patch_masks[p, y - 5 : y + 6, x - 5 : x + 6] = 1.0
     contributions = explanation.contributions[torch.arange(4), :, target]  # [B, 9]
     attribution = torch.einsum("bp,phw->bhw", contributions, patch_masks)[:, None].numpy()
-    metric = quantus.RegionPerturbation(patch_size=patch, regions_evaluation=k, order="morf", abs=False,
-                                        perturb_baseline=fill, normalise=False, disable_warnings=True)
-    curves = metric(model=model, x_batch=images.numpy(), y_batch=target.numpy(), a_batch=attribution,
-                    softmax=False, device="cpu")
-    mean_curve = np.mean(np.asarray(curves), axis=0)
-    assert np.abs(mean_curve).min() > 1e-3  # every step changes the logits: the agreement is not 0 == 0
-    assert result.detail["curves"]["logit_drop"] == pytest.approx(mean_curve.tolist(), abs=1e-5)
+    for softmax, name in ((False, "logit_drop"), (True, "probability_drop")):
+        metric = quantus.RegionPerturbation(patch_size=patch, regions_evaluation=k, order="morf", abs=False,
+                                            perturb_baseline=fill, normalise=False, disable_warnings=True)
+        curves = metric(model=model, x_batch=images.numpy(), y_batch=target.numpy(), a_batch=attribution,
+                        softmax=softmax, device="cpu")
+        mean_curve = np.mean(np.asarray(curves), axis=0)
+        assert np.abs(mean_curve).min() > 1e-4  # every step changes the scores: the agreement is not 0 == 0
+        assert result.detail["curves"][name] == pytest.approx(mean_curve.tolist(), abs=1e-5)
     # quantus's get_auc_score calls np.trapz, which numpy 2 removed: its area is np.trapezoid of its curves
-    assert result.detail["auc"] == pytest.approx(float(np.mean(np.trapezoid(curves, axis=1))), abs=1e-4)
+    assert result.detail["auc"] == pytest.approx(float(np.mean(np.trapezoid(curves, axis=1))), abs=1e-5)

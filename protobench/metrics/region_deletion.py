@@ -21,19 +21,22 @@ Control: the same removal masks, each image's cyclically shifted by one random o
 seed and the image's dataset index), so that the control removes exactly the same number of pixels at every
 step, in regions of the same shapes, at random places (a region that crosses the image's edge wraps around).
 
-Per step ``k = 1..K``, over the images: the drop of the predicted class's logit (clean logit - logit after the
-removal), the drop of accuracy (clean accuracy - accuracy after the removal, against the labels), for the
-prototypes' regions and for the control. The value is the difference of the logit drops at ``k = K``
-(prototypes' regions minus control): positive when removing the regions the explanation points at hurts the
-model more than removing as much of the image at random (higher is better). ``detail`` has the curves and
-their areas (the trapezoid rule over ``k = 1..K``, ``dx = 1``, as quantus's ``get_auc_score``).
+Per step ``k = 1..K``, over the images: the drop of the predicted class's softmax probability (clean
+probability - probability after the removal), the drop of its logit, and the drop of accuracy (clean
+accuracy - accuracy after the removal, against the labels), for the prototypes' regions and for the control.
+The value is the difference of the probability drops at ``k = K`` (prototypes' regions minus control), in
+[-1, 1]: positive when removing the regions the explanation points at hurts the model more than removing as
+much of the image at random (higher is better). Probabilities, quantus's default scores
+(``softmax=True``), compare across families: logits do not (ProtoPNet's are a linear layer's outputs,
+ProtoTree's log-probabilities).
+``detail`` has the raw logit drops beside them, the curves and the areas of the probability curves (the
+trapezoid rule over ``k = 1..K``, ``dx = 1``, as quantus's ``get_auc_score``).
 
-Named departures: the explained class is the predicted one (quantus uses the given ``y_batch``); scores are
-logits (quantus's default applies softmax; the test sets ``softmax=False``); the regions are prototype regions
-or attribution-centred boxes, not a fixed grid (the quantus test uses a model whose prototype regions are
-exactly quantus's grid patches, where the two procedures coincide); the default fill is the image's mean
-colour per channel (quantus's ``"mean"`` baseline averages the already perturbed image over all channels; the
-test uses a constant fill, which both implement identically). Logit drops are on each model's own logit scale.
+Named departures: the explained class is the predicted one (quantus uses the given ``y_batch``); the regions
+are prototype regions or attribution-centred boxes, not a fixed grid (the quantus test uses a model whose
+prototype regions are exactly quantus's grid patches, where the two procedures coincide); the default fill is
+the image's mean colour per channel (quantus's ``"mean"`` baseline averages the already perturbed image over
+all channels; the test uses a constant fill, which both implement identically).
 """
 
 from __future__ import annotations
@@ -159,7 +162,8 @@ def deleted_logits(model: PrototypeModel, images: Tensor, fill: Tensor, masks: T
 
 
 class RegionDeletion(torchmetrics.Metric):
-    """Streaming sums of the logit and accuracy drops per step, for the explanation's regions and control."""
+    """Streaming sums of the probability, logit and accuracy drops per step, for the explanation's regions and
+    the control."""
 
     full_state_update = False
 
@@ -173,7 +177,8 @@ class RegionDeletion(torchmetrics.Metric):
         self.top_k = min(top_k, model.num_prototypes) if model.num_prototypes else top_k
         if self.top_k < 1:
             raise ValueError(f"region deletion needs top_k >= 1, got {self.top_k}")
-        for name in ("logit_drop", "control_logit_drop", "correct_after", "control_correct_after"):
+        for name in ("probability_drop", "control_probability_drop", "logit_drop", "control_logit_drop",
+                     "correct_after", "control_correct_after"):
             self.add_state(name, torch.zeros(self.top_k, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("correct", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("images", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
@@ -197,10 +202,13 @@ class RegionDeletion(torchmetrics.Metric):
         fill = fill_images(images, self.fill, batch["index"], self.seed)
         after = deleted_logits(self.model, images, fill, torch.cat([masks, control], dim=1))
         rows = torch.arange(len(target), device=logits.device)
-        clean = logits[rows, target]
-        drops = (clean[:, None] - after[rows, :, target]).double()  # [B, 2k]
+        drops = (logits[rows, target][:, None] - after[rows, :, target]).double()  # [B, 2k]
+        probabilities = logits.double().softmax(dim=1)[rows, target]
+        probability_drops = probabilities[:, None] - after.double().softmax(dim=2)[rows, :, target]
         hits = (after.argmax(dim=2) == labels[:, None]).double()
         k = self.top_k
+        self.probability_drop += probability_drops[:, :k].sum(0).to(self.logit_drop.device)
+        self.control_probability_drop += probability_drops[:, k:].sum(0).to(self.logit_drop.device)
         self.logit_drop += drops[:, :k].sum(0).to(self.logit_drop.device)
         self.control_logit_drop += drops[:, k:].sum(0).to(self.logit_drop.device)
         self.correct_after += hits[:, :k].sum(0).to(self.logit_drop.device)
@@ -212,8 +220,10 @@ class RegionDeletion(torchmetrics.Metric):
         n = int(self.images)
         if n == 0:
             raise ValueError("region deletion: no test image was seen")
-        drop = (self.logit_drop / n).tolist()
-        control = (self.control_logit_drop / n).tolist()
+        drop = (self.probability_drop / n).tolist()
+        control = (self.control_probability_drop / n).tolist()
+        logit_drop = (self.logit_drop / n).tolist()
+        control_logit_drop = (self.control_logit_drop / n).tolist()
         accuracy = float(self.correct) / n
         accuracy_drop = [accuracy - v for v in (self.correct_after / n).tolist()]
         control_accuracy_drop = [accuracy - v for v in (self.control_correct_after / n).tolist()]
@@ -225,14 +235,17 @@ class RegionDeletion(torchmetrics.Metric):
                 "fill": self.fill,
                 "regions": self.regions_used,
                 "images": n,
-                "logit_drop": drop[-1],
-                "control_logit_drop": control[-1],
+                "probability_drop": drop[-1],
+                "control_probability_drop": control[-1],
+                "logit_drop": logit_drop[-1],
+                "control_logit_drop": control_logit_drop[-1],
                 "accuracy_drop": accuracy_drop[-1],
                 "control_accuracy_drop": control_accuracy_drop[-1],
                 "auc": auc,
                 "control_auc": control_auc,
                 "auc_difference": auc - control_auc,
-                "curves": {"logit_drop": drop, "control_logit_drop": control,
+                "curves": {"probability_drop": drop, "control_probability_drop": control,
+                           "logit_drop": logit_drop, "control_logit_drop": control_logit_drop,
                            "accuracy_drop": accuracy_drop, "control_accuracy_drop": control_accuracy_drop},
             },
         )
