@@ -77,7 +77,7 @@ def test_unweighted_map_is_the_union_of_the_class_regions():
 
 def test_union_holds_only_the_prototypes_adding_evidence_for_the_class():
     # class 0: prototype 0 adds 2, class-free prototype 1 adds nothing (a ProtoTree node off the path) and
-    # class-free prototype 2 counts against it (-1): only box 0 is in the union; the weighted map has all three
+    # class-free prototype 2 counts against it (-1): only box 0 is in the union; the weighted map has all 3
     contributions = torch.tensor([[[2.0, 1.0], [0.0, 1.0], [-1.0, 1.0]]])
     model = BoxModel(contributions, BOXES, classes=(0, -1, -1))
     explanation = model.explain(torch.zeros(1, 3, 8, 8))

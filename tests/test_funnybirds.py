@@ -343,9 +343,9 @@ def test_target_sensitivity_keeps_images_whose_logits_confirm_the_class_pair():
 class Boxes(PrototypeModel):
     """Prototypes with fixed classes, regions (the ``regions`` hook) and contributions to class 0."""
 
-    def __init__(self, classes: list[int], boxes: list[list[int]], contributions: list[float], size: int = 20):
+    def __init__(self, classes: list[int], boxes: list[list[int]], contributions: list[float]):
         super().__init__()
-        self.num_classes, self.input_size, self.config = 2, (size, size), {}
+        self.num_classes, self.input_size, self.config = 2, (20, 20), {}
         self.register_buffer("prototype_classes", torch.tensor(classes))
         self.boxes = torch.tensor(boxes)
         self.weights = torch.stack([torch.tensor(contributions), torch.zeros(len(classes))], dim=1)

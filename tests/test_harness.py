@@ -152,7 +152,7 @@ def test_costly_metrics_see_a_subset_and_optional_ones_run_when_named(toy_cli):
 
 
 class Labelled(Dataset):
-    """Labels ``index % classes`` (synthbirds' rule), readable item by item or, with ``attribute``, at once."""
+    """Labels ``index % classes`` (synthbirds' rule), read item by item or, with ``attribute``, at once."""
 
     def __init__(self, n: int, classes: int, attribute: str | None = None):
         self.n, self.classes, self.reads = n, classes, 0
@@ -200,7 +200,8 @@ class Zero(PrototypeModel):
         self.register_buffer("prototype_classes", torch.zeros(0, dtype=torch.long))
 
     def explain(self, x: torch.Tensor) -> Explanation:
-        return Explanation(logits=x.new_zeros(len(x), self.num_classes), similarities=x.new_zeros(len(x), 0, 1, 1))
+        return Explanation(logits=x.new_zeros(len(x), self.num_classes),
+                           similarities=x.new_zeros(len(x), 0, 1, 1))
 
 
 class SeenLabels(torchmetrics.Metric):

@@ -46,7 +46,7 @@ def relevant(original: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
 
 
 def irrelevant(original: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
-    """Whether each removal lowers the score by less than :data:`RELEVANT_DROP` of ``|original|``, or raises it.
+    """Whether each removal lowers the score by under :data:`RELEVANT_DROP` of ``|original|``, or raises it.
 
     ``distractibility_protocol``: ``abs(diff) < abs(0.05 * original) or original < removed``. Not quite the
     negation of :func:`relevant`: where both scores are 0 neither condition holds, so the part is relevant
