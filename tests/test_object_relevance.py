@@ -88,6 +88,20 @@ def test_region_shares_from_the_bounding_box_follow_by_hand():
     assert result.detail["object"] == "bounding box"
 
 
+def test_only_the_positive_attribution_counts():
+    # CaBRNet's attributions are non-negative; a prototype counting against the class (negative contribution)
+    # outside the object must not count as mass outside it. Box 0 (contribution 1) lies in the left half (the
+    # object), box 1 (contribution -2) at columns 22..31: all the positive mass is inside.
+    model = RegionModel([(16, 5), (16, 27)], [0, 0], [1.0, -2.0], [1.0, 0.0])
+    result = run(model, left_half_batch())
+    assert result.value == pytest.approx(1.0)  # |attribution| would give 121 / (121 + 2 * 110)
+    assert result.detail["pointing_game"] == 1.0  # the maximum is box 0's 1, not box 1's -2
+    attribution = torch.tensor([[[2.0, -3.0], [1.0, 0.0]]])
+    masks = torch.tensor([[[True, False], [False, True]]])
+    assert mass_inside(attribution, masks).tolist() == pytest.approx([2 / 3])
+    assert mass_inside(-attribution.abs(), masks).tolist() == [0.0]  # no positive mass: 0
+
+
 def test_dataset_masks_are_preferred_to_boxes():
     part_map = torch.zeros(SIZE, SIZE, dtype=torch.long)
     part_map[:, 24:] = 2  # the bird is the right quarter; its box below says the left half
