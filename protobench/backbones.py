@@ -16,6 +16,8 @@ from safetensors.torch import load_file
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import Tensor, nn
 
+from protobench import localnet  # noqa: F401  (registers the localnet_* backbones in timm's registry)
+
 
 class BackboneError(ValueError):
     """An unknown backbone name, or a weights file that is missing or does not fit."""
