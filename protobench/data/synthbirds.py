@@ -59,9 +59,13 @@ class SynthBirdsConfig:
     train images. The nuisance ranges: bird scale (1 = about 70% of the image width),
     rotation in degrees, centre shift as a fraction of the image, horizontal flip, the number of
     background objects, the chance of a twig in front of the bird, lighting strength (0 = flat).
+    ``first_class`` starts the class table further down the enumeration (labels stay 0-based), so that
+    a set of classes disjoint from a benchmark's first ``num_classes`` can be drawn (the stand-in
+    backbone's pretraining set, :mod:`protobench.standin`).
     """
 
     num_classes: int = 24
+    first_class: int = 0
     images_per_class: int = 150
     test_fraction: float = 0.3
     resolution: int = 64
@@ -78,8 +82,11 @@ class SynthBirdsConfig:
         object.__setattr__(self, "scale_range", tuple(float(v) for v in self.scale_range))
         object.__setattr__(self, "clutter_range", tuple(int(v) for v in self.clutter_range))
         problems = []
-        if not 1 <= self.num_classes <= MAX_CLASSES:
-            problems.append(f"num_classes must be in 1..{MAX_CLASSES}, got {self.num_classes}")
+        if not 1 <= self.num_classes <= MAX_CLASSES - max(self.first_class, 0):
+            problems.append(f"num_classes must be in 1..{MAX_CLASSES - max(self.first_class, 0)} "
+                            f"(first_class={self.first_class}), got {self.num_classes}")
+        if self.first_class < 0:
+            problems.append(f"first_class must be non-negative, got {self.first_class}")
         if not 0.0 < self.test_fraction < 1.0:
             problems.append(f"test_fraction must be in (0, 1), got {self.test_fraction}")
         elif min(self.per_class("train"), self.per_class("test")) < 1:
@@ -140,7 +147,8 @@ def make_config(**options: Any) -> SynthBirdsConfig:
 
 def class_table(config: SynthBirdsConfig | None = None) -> list[BirdClass]:
     """Each class's part attributes, as data (see :mod:`protobench.data.synthbirds_classes`)."""
-    return classes((config or SynthBirdsConfig()).num_classes)
+    config = config or SynthBirdsConfig()
+    return classes(config.first_class + config.num_classes)[config.first_class:]
 
 
 def render_image(config: SynthBirdsConfig, split: str, index: int, removed_parts: Iterable[str] = (),
@@ -154,7 +162,7 @@ def render_image(config: SynthBirdsConfig, split: str, index: int, removed_parts
         raise IndexError(f"index {index} out of range for {config.split_size(split)} {split} images")
     rng = np.random.default_rng([config.seed, SPLITS.index(split), index])
     scene = sample_scene(rng, config.nuisance)
-    bird = classes(config.num_classes)[index % config.num_classes]
+    bird = class_table(config)[index % config.num_classes]
     return render(scene, bird, config.resolution, removed_parts, frozenset(removed_objects))
 
 
@@ -300,7 +308,7 @@ def build_synthbirds(root: str | Path | None, split: str, transform: Callable[[d
 
 def _image_path(config: SynthBirdsConfig, split: str, index: int) -> str:
     """An image's path under ``images/`` in the CUB layout."""
-    bird = classes(config.num_classes)[index % config.num_classes]
+    bird = class_table(config)[index % config.num_classes]
     return f"{bird.index + 1:03d}.{bird.name}/{bird.name}_{split}_{index:05d}.png"
 
 
