@@ -47,10 +47,17 @@ def read_meta(directory: Path) -> dict[str, Any]:
 
 
 def load(directory: Path, registry: Registry, device: torch.device | str = "cpu") -> PrototypeModel:
-    """Rebuild the model from its json config and load its safetensors weights."""
+    """Rebuild the model from its json config and load its safetensors weights.
+
+    The checkpoint holds every weight, so the config's initial backbone ``weights`` file (if any) is
+    not read again: the checkpoint loads even where that file is gone.
+    """
     directory = Path(directory)
     meta = read_meta(directory)
-    model = registry.model(meta["model"]).build(dict(meta["config"]))
+    config = dict(meta["config"])
+    if "weights" in config:
+        config["weights"] = None
+    model = registry.model(meta["model"]).build(config)
     path = directory / WEIGHTS
     try:
         state = load_file(str(path))

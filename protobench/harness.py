@@ -26,6 +26,7 @@ from protobench.devices import barrier, init_distributed, resolve_device, seed_e
 from protobench.gallery import write_gallery
 from protobench.plugins import Registry
 from protobench.progress import progress as default_progress
+from protobench.standin import resolve_weights
 from protobench.store import RecordKey, ResultStore
 
 #: Test images fed to costly metrics per profile (0 = all; chosen by :func:`costly_subset`). ``quick``: 24
@@ -92,7 +93,8 @@ def train(registry: Registry, model: str, settings: Settings, progress: Any = de
     device = resolve_device(settings.device)
     seed_everything(settings.seed)
     probe = build_split(registry, settings, "test", None)
-    config = model_config(registry, model, settings, probe.num_classes)
+    config = resolve_weights(model_config(registry, model, settings, probe.num_classes), settings.workdir,
+                             device, progress)
     size = _input_size(config)
     shift = (size if isinstance(size, int) else min(size)) // 16
     data = TrainData(
