@@ -26,7 +26,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from protobench.backbones import BackboneClassifier
 from protobench.contract import Progress, TrainData
 
 #: ``objective(model, batch) -> (logits, {term name: scalar tensor})``
@@ -105,28 +104,6 @@ def cross_entropy_objective(model: nn.Module, batch: dict[str, Any]) -> tuple[Te
     """The plain classifier objective: ``{"cross_entropy": CE(model(image), label)}``."""
     logits = model(batch["image"])
     return logits, {"cross_entropy": F.cross_entropy(logits.float(), batch["label"])}
-
-
-def backbone_pretraining(config: dict[str, Any]) -> Step:
-    """A step that trains ``model.features`` as a plain classifier (a stand-in for ImageNet pretraining).
-
-    The model must have ``normalize``, ``features`` and ``add_on_layers`` (whose first layer's
-    ``in_channels`` is the backbone's width). Config keys: ``pretrain_epochs``, ``pretrain_lr``,
-    ``weight_decay`` (the backbone's), ``batch_size``. The head is a throwaway linear layer on
-    globally average-pooled features, trained with cross-entropy and Adam.
-    """
-
-    def run(model: nn.Module, data: TrainData, progress: Progress) -> None:
-        channels = model.add_on_layers[0].in_channels
-        classifier = BackboneClassifier(model.normalize, model.features, channels, data.num_classes)
-        classifier.to(data.device)
-        phase = Phase("pretrain", config["pretrain_epochs"],
-                      (ParamGroup("backbone", config["pretrain_lr"], config["weight_decay"]),
-                       ParamGroup("head", config["pretrain_lr"])),
-                      cross_entropy_objective, {"cross_entropy": 1.0})
-        run_recipe(classifier, [phase], data, progress, batch_size=config["batch_size"])
-
-    return Step("pretrain", run)
 
 
 def select_parameters(model: nn.Module, groups: Sequence[ParamGroup]) -> list[list[nn.Parameter]]:

@@ -32,7 +32,7 @@ class ColourItems(torch.utils.data.Dataset):
 
 
 def tiny_config(**overrides):
-    return SPEC.config("quick", **{"num_classes": 2, "input_size": 16, "backbone": "resnet10t", "output_stride": None,
+    return SPEC.config("quick", **{"num_classes": 2, "input_size": 16, "backbone": "resnet10t", "output_stride": None, "weights": None,
                                    "epochs": 2, "batch_size": 8, **overrides})
 
 

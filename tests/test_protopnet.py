@@ -25,8 +25,8 @@ def quiet(iterable, desc="", total=None):
 
 
 def tiny_config(**overrides):
-    tiny = {"num_classes": 3, "input_size": 16, "backbone": "resnet10t", "output_stride": None,
-            "prototypes_per_class": 2, "prototype_dim": 3, "pretrain_epochs": 0}
+    tiny = {"num_classes": 3, "input_size": 16, "backbone": "resnet10t", "output_stride": None, "weights": None,
+            "prototypes_per_class": 2, "prototype_dim": 3}
     return SPEC.config("quick", **{**tiny, **overrides})
 
 
@@ -242,24 +242,9 @@ def test_warm_phase_trains_only_add_on_and_prototypes():
     assert "prototype_vectors" in changed
 
 
-def test_pretraining_trains_only_the_backbone_first():
-    torch.manual_seed(0)
-    config = tiny_config(num_classes=2, pretrain_epochs=1, batch_size=8)
-    phases = protopnet_recipe(config)
-    assert phases[0].name == "pretrain" and summary(protopnet_recipe({**config, "pretrain_epochs": 0}))[0][0] == "warm"
-    model = ProtoPNet(config)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    dataset = colour_items(n=8)
-    phases[0].run(model, TrainData(dataset, dataset, dataset, 2), quiet)
-    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
-    assert any(k.startswith("features.") and k.endswith("weight") for k in changed)
-    assert all(k.startswith("features.") for k in changed)
-    assert set(model.state_dict()) == set(before)  # the throwaway head is not part of the model
-
-
 def test_tiny_training_end_to_end_and_checkpoint_round_trip(tmp_path):
     torch.manual_seed(0)
-    config = tiny_config(num_classes=2, pretrain_epochs=1, warm_epochs=1, train_epochs=3, push_start=1,
+    config = tiny_config(num_classes=2, warm_epochs=1, train_epochs=3, push_start=1,
                          push_every=2, last_layer_epochs=1, batch_size=8, output_stride=16)
     json.dumps(config)
     model = SPEC.build(config)

@@ -27,7 +27,7 @@ def quiet(iterable, desc="", total=None):
 
 
 def tiny_config(**overrides):
-    tiny = {"num_classes": 3, "input_size": 16, "depth": 2, "num_features": 3, "pretrain_epochs": 0}
+    tiny = {"num_classes": 3, "input_size": 16, "depth": 2, "num_features": 3, "weights": None}
     return SPEC.config("quick", **{**tiny, **overrides})
 
 

@@ -51,14 +51,18 @@ def wrong_class_l1(last_layer_weight: Tensor, prototype_classes: Tensor) -> Tens
     return (last_layer_weight * wrong).abs().sum()
 
 
-def protopnet_objective(model: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
-    """The trainer objective: logits and the four named terms for ``model`` on ``batch``."""
-    labels = batch["label"]
-    logits, min_distances, _ = model.logits_and_min_distances(batch["image"])
+def protopnet_terms(model: nn.Module, labels: Tensor, logits: Tensor, min_distances: Tensor) -> dict[str, Tensor]:
+    """The four named terms of one forward pass (logits and min-pooled distances ``[B, P]``)."""
     classes = model.prototype_classes
-    return logits, {
+    return {
         "cross_entropy": F.cross_entropy(logits.float(), labels),
         "cluster": cluster_cost(min_distances, labels, classes, model.max_distance),
         "separation": separation_cost(min_distances, labels, classes, model.max_distance),
         "l1": wrong_class_l1(model.last_layer.weight, classes),
     }
+
+
+def protopnet_objective(model: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+    """The trainer objective: logits and the four named terms for ``model`` on ``batch``."""
+    logits, min_distances, _ = model.logits_and_min_distances(batch["image"])
+    return logits, protopnet_terms(model, batch["label"], logits, min_distances)

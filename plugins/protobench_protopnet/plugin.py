@@ -4,20 +4,21 @@
 "regular" add-on layers, Adam with the official learning rates, warm-up 5 epochs, 1000 epochs,
 push every 10 epochs from epoch 10, 20 last-layer epochs per push, batch 80, push batch 75).
 Pretrained ImageNet weights, which the paper starts from, must be given as a local file under
-``weights`` (``pretrain_epochs`` is 0 here; without weights the backbone starts from scratch).
+``weights`` (without one the backbone starts from scratch).
 
 ``quick`` is sized for synthbirds at 64 px on two CPU cores (see the profile's comments): the
 paper's prototype layer (10 prototypes per class, depth 128, "regular" add-on layers), losses,
-warm-up/last-layer learning rates and push, with a small timm backbone (resnet10t at output
-stride 16), batch 32, compressed stage lengths (one push), a joint backbone learning rate of 1e-3
-instead of 1e-4, and a short classifier pretraining of the backbone standing in for the paper's
-ImageNet weights.
+warm-up/last-layer learning rates and push, with the shared quick backbone
+(:data:`protobench.standin.QUICK_BACKBONE`: a small local CNN, an 8x8 latent grid, the synthbirds
+stand-in for ImageNet weights), batch 32, compressed stage lengths (one push) and a joint backbone
+learning rate of 1e-3 instead of 1e-4.
 """
 
 from __future__ import annotations
 
 from protobench import hookimpl
 from protobench.contract import ModelSpec
+from protobench.standin import QUICK_BACKBONE
 
 from .losses import COEFFICIENTS
 from .model import ProtoPNet
@@ -46,20 +47,14 @@ PAPER = {
     "last_layer_lr": 1e-4,
     "weight_decay": 1e-3,
     "coefficients": COEFFICIENTS,
-    "pretrain_epochs": 0,
-    "pretrain_lr": 1e-3,
 }
 
 QUICK = {
-    # a small backbone from scratch; output stride 16 gives a 4x4 latent grid at 64 px
-    "backbone": "resnet10t",
-    "output_stride": 16,
+    # the shared quick backbone: 8x8 latent grid at 64 px, local features, the synthbirds stand-in weights
+    **QUICK_BACKBONE,
     "input_size": 64,
     "batch_size": 32,
     "push_batch_size": 128,
-    # stand-in for ImageNet pretraining: without it the official objective collapses from scratch
-    "pretrain_epochs": 3,
-    "pretrain_lr": 2e-3,
     # warm-up 1 epoch, joint 3 epochs, then one push + 2 last-layer epochs after the final epoch
     "warm_epochs": 1,
     "train_epochs": 4,

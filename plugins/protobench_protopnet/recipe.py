@@ -10,12 +10,10 @@ only the last layer (stage 3, its own Adam optimizer kept across cycles). Every 
 the full objective of :mod:`.losses`; weight decay applies to the backbone and add-on layers only.
 
 Departures: the paper starts from an ImageNet-pretrained backbone. Without a weights file (no
-download ever), ``pretrain_epochs > 0`` stands in for that pretraining: the backbone is first
-trained as a plain classifier (global average pooling and a throwaway linear head, cross-entropy,
-Adam at ``pretrain_lr``, the backbone's weight decay) on the training split. From scratch the
-official objective collapses: the cluster cost (0.8) outweighs the cross-entropy, whose gradient
-through the log similarity is tiny at the large initial distances, so all latent patches and
-prototypes meet at one point and the cross-entropy stays at log C (measured on synthbirds).
+download ever) the quick profile starts from the shared stand-in (:mod:`protobench.standin`); from a
+random backbone the official objective collapses: the cluster cost (0.8) outweighs the cross-entropy,
+whose gradient through the log similarity is tiny at the large initial distances, so all latent
+patches and prototypes meet at one point and the cross-entropy stays at log C (measured on synthbirds).
 
 The official run ends with plain joint epochs after its last push and the authors pick a pushed
 checkpoint by test accuracy; here the recipe always ends with a push and a last-layer stage
@@ -31,7 +29,7 @@ from functools import partial
 from typing import Any
 
 from protobench.contract import Progress, PrototypeModel, TrainData
-from protobench.training import ParamGroup, Phase, Step, StepSchedule, backbone_pretraining, run_recipe
+from protobench.training import Objective, ParamGroup, Phase, Step, StepSchedule, run_recipe
 
 from .losses import protopnet_objective
 from .push import push_prototypes
@@ -43,11 +41,15 @@ def is_push_epoch(epoch: int, config: dict[str, Any]) -> bool:
     return last or (epoch >= config["push_start"] and epoch % config["push_every"] == 0)
 
 
-def protopnet_recipe(config: dict[str, Any]) -> list[Phase | Step]:
-    """The phases for ``config`` (keys: see the plugin's ``default_config``)."""
+def protopnet_recipe(config: dict[str, Any], objective: Objective = protopnet_objective) -> list[Phase | Step]:
+    """The phases for ``config`` (keys: see the plugin's ``default_config``).
+
+    ``objective`` returns at least the terms named in ``config["coefficients"]``; a variant with an
+    extra loss term (the part-supervised reference row) passes its own.
+    """
     coefficients, decay = dict(config["coefficients"]), config["weight_decay"]
     warm_lrs, joint_lrs = config["warm_lrs"], config["joint_lrs"]
-    phase = partial(Phase, objective=protopnet_objective, coefficients=coefficients)
+    phase = partial(Phase, objective=objective, coefficients=coefficients)
     warm = phase(name="warm", epochs=0, groups=(
         ParamGroup("add_on_layers", warm_lrs["add_on_layers"], decay),
         ParamGroup("prototype_vectors", warm_lrs["prototype_vectors"]),
@@ -61,7 +63,7 @@ def protopnet_recipe(config: dict[str, Any]) -> list[Phase | Step]:
                        groups=(ParamGroup("last_layer", config["last_layer_lr"]),))
     push = Step("push", partial(push_prototypes, batch_size=config["push_batch_size"]))
 
-    phases: list[Phase | Step] = [backbone_pretraining(config)] if config["pretrain_epochs"] else []
+    phases: list[Phase | Step] = []
     for epoch in range(config["train_epochs"]):
         stage = warm if epoch < config["warm_epochs"] else joint
         previous = phases[-1] if phases else None

@@ -6,9 +6,9 @@ leaves) and 1e-5 (backbone), weight decay 0, batch 64, 100 epochs, backbone froz
 60, 70, 80, 90, 100 with gamma 0.5, derivative-free leaves, pruning threshold 0.01. The paper starts
 from iNaturalist weights, which must be given as a local file under ``weights``.
 
-``quick`` is sized for synthbirds at 64 px on two CPU cores: resnet10t at output stride 16 (a 4x4
-latent grid), depth 6 (64 leaves for 24 classes), 3 epochs of backbone classifier pretraining as
-the stand-in for pretrained weights, short training with the backbone at 1e-3 (it is young), batch
+``quick`` is sized for synthbirds at 64 px on two CPU cores: the shared quick backbone
+(:data:`protobench.standin.QUICK_BACKBONE`: an 8x8 latent grid, the synthbirds stand-in for
+pretrained weights), depth 6 (64 leaves for 24 classes), short training with the backbone at 1e-3 (it is young), batch
 32. The leaderboard evaluates the greedy mode, the deterministic mode of the paper's Fig. 1 (one
 path from root to leaf); ``--set inference=distributed`` or ``sample_max`` pick the others.
 """
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from protobench import hookimpl
 from protobench.contract import ModelSpec
+from protobench.standin import QUICK_BACKBONE
 
 from .model import ProtoTree
 from .recipe import train
@@ -46,20 +47,14 @@ PAPER = {
     "gamma": 0.5,
     "pruning_threshold": 0.01,
     "pruned_nodes": [],
-    "pretrain_epochs": 0,
-    "pretrain_lr": 1e-3,
 }
 
 QUICK = {
-    "backbone": "resnet10t",
-    "output_stride": 16,
+    **QUICK_BACKBONE,
     "input_size": 64,
     "depth": 6,
     "batch_size": 32,
     "project_batch_size": 128,
-    # stand-in for pretrained weights, as for ProtoPNet's quick profile
-    "pretrain_epochs": 3,
-    "pretrain_lr": 2e-3,
     "epochs": 6,
     "freeze_epochs": 1,
     "milestones": [4, 5],

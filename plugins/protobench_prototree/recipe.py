@@ -15,9 +15,8 @@ official AdamW with eps 1e-7; with the official weight decay of 0 the two differ
 frozen and the joint epochs use two optimizers (the official code keeps one, whose moments for the
 add-on layers and prototypes carry over). The official ``resnet50_inat`` set-up trains the last
 backbone block (``layer4.2``) at ``lr_block`` even while frozen; here the whole backbone is frozen
-and trained at ``lr_net``. The official code starts from ImageNet (or iNaturalist) weights; without
-a weights file ``pretrain_epochs > 0`` first trains the backbone as a plain classifier
-(:func:`protobench.training.backbone_pretraining`), as for ProtoPNet. Data augmentation is the
+and trained at ``lr_net``. The official code starts from ImageNet (or iNaturalist) weights; the
+quick profile starts from the shared stand-in (:mod:`protobench.standin`), as every family does. Data augmentation is the
 harness's (random shift and flip), not the official set (colour jitter, perspective, rotation, crop).
 """
 
@@ -29,7 +28,7 @@ from functools import partial
 from typing import Any
 
 from protobench.contract import Progress, PrototypeModel, TrainData
-from protobench.training import ParamGroup, Phase, Step, backbone_pretraining, run_recipe
+from protobench.training import ParamGroup, Phase, Step, run_recipe
 
 from .leaves import DerivativeFreeLeaves, prototree_objective
 from .project import project_prototypes
@@ -58,7 +57,7 @@ def prototree_recipe(config: dict[str, Any], batches_per_epoch: int) -> list[Pha
         head += (ParamGroup("leaf_params", config["lr_pi"]),)
     objective = partial(prototree_objective, leaves=leaves)
     milestones = tuple(config["milestones"])
-    phases: list[Phase | Step] = [backbone_pretraining(config)] if config["pretrain_epochs"] else []
+    phases: list[Phase | Step] = []
     if frozen:
         phases.append(Phase("frozen", min(frozen, config["epochs"]), head, objective, {"nll": 1.0},
                             schedule=MultiStepSchedule(milestones, config["gamma"])))
