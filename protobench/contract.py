@@ -94,6 +94,8 @@ class ModelSpec:
     ``build(config)`` returns a :class:`PrototypeModel`; ``train(model, data, config, progress)``
     runs the family's recipe and returns the trained model (None for eval-only plugins).
     ``profiles`` maps a profile name (``quick``, ``paper``) to overrides of ``default_config``.
+    ``reference`` marks a calibration row (e.g. a part-supervised or a random-explanation model): the
+    leaderboard shows it beside the models, marked as a reference, and never ranks it.
     """
 
     name: str
@@ -102,6 +104,7 @@ class ModelSpec:
     default_config: Mapping[str, Any]
     paper: str
     profiles: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    reference: bool = False
 
     def config(self, profile: str | None = None, **overrides: Any) -> dict[str, Any]:
         """``default_config``, then the profile's overrides, then ``overrides``."""
@@ -172,7 +175,7 @@ class MetricSpec:
     feeds every metric; a metric that needs more (a perturbed pass, an attack) does it inside
     its own ``update``. ``needs`` names required capabilities (see :data:`NEEDS`).
     A ``costly`` metric (many passes per image: attacks, corruptions) is fed only the images of a
-    deterministic, evenly spaced subset of the test split whose size the profile sets (the
+    deterministic, class-stratified subset of the test split whose size the profile sets (the
     harness's ``Settings.costly_images``); a metric with ``default=False`` runs only when named.
     ``group`` is the leaderboard section the metric is shown in (:data:`GROUPS`; empty: "other").
     """

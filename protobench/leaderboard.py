@@ -3,7 +3,9 @@
 A row is a (model, profile); a metric's value is the mean over the seeds that have it. A metric
 that does not apply to a model shows as ``n/a``, never as 0; one not computed shows as ``—``. The
 markdown has one table per metric group (``MetricSpec.group``): the models with their accuracy first,
-then interpretability, faithfulness, robustness and other metrics.
+then interpretability, faithfulness, robustness and other metrics. Reference rows (``ModelSpec.reference``:
+calibration models) come after the ranked models, marked ``(reference)`` in the markdown and
+``"reference": true`` in the json.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from protobench.plugins import Registry
 from protobench.store import ResultStore
 
 NOT_APPLICABLE, MISSING = "n/a", "—"
+REFERENCE_MARK = "(reference)"
 OTHER = "other"
 
 
@@ -36,6 +39,11 @@ def _grouped(names: set[str], registry: Registry | None) -> dict[str, list[str]]
     return {g: ms for g, ms in sections.items() if ms}
 
 
+def _is_reference(model: str, registry: Registry | None) -> bool:
+    spec = registry.models.get(model) if registry else None
+    return bool(spec and spec.reference)
+
+
 def table(store: ResultStore, dataset: str, registry: Registry | None = None) -> dict[str, Any]:
     """The leaderboard of ``dataset`` as a json-serialisable dict."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
@@ -43,7 +51,7 @@ def table(store: ResultStore, dataset: str, registry: Registry | None = None) ->
         groups[(record["model"], record["profile"])].append(record)
     metric_names = set(registry.metrics) if registry else set()
     rows = []
-    for (model, profile), records in sorted(groups.items()):
+    for (model, profile), records in sorted(groups.items(), key=lambda kv: (_is_reference(kv[0][0], registry), kv[0])):
         info = records[-1]["model_info"]
         by_metric: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for r in records:
@@ -63,6 +71,7 @@ def table(store: ResultStore, dataset: str, registry: Registry | None = None) ->
         rows.append({
             "model": model,
             "profile": profile,
+            "reference": _is_reference(model, registry),
             "backbone": info.get("backbone"),
             "parameters": info.get("parameters"),
             "prototypes": info.get("prototypes"),
@@ -86,7 +95,7 @@ def _cell(entry: dict[str, Any] | None) -> str:
 def _frame(data: dict[str, Any], names: list[str], overview: bool) -> str:
     frame = pd.DataFrame([
         {
-            "model": row["model"],
+            "model": f"{row['model']} {REFERENCE_MARK}" if row.get("reference") else row["model"],
             "profile": row["profile"],
             **({
                 "backbone": row["backbone"],
@@ -112,7 +121,12 @@ def markdown(data: dict[str, Any], registry: Registry | None = None) -> str:
     for group, names in sections.items():
         if group != "accuracy":
             lines += [f"## {group}", "", _frame(data, names, overview=False), ""]
-    lines += [f"`{NOT_APPLICABLE}`: the metric does not apply to the model; `{MISSING}`: not computed.", "",
+    lines += [f"`{NOT_APPLICABLE}`: the metric does not apply to the model; `{MISSING}`: not computed.", ""]
+    if any(row.get("reference") for row in data["rows"]):
+        lines += [(f"Rows marked `{REFERENCE_MARK}` are calibration rows, not ranked: they show how high and how "
+                   "low each column can go on this dataset (the part-supervised model sees keypoints in training; "
+                   "the random-explanation model draws its evidence at random)."), ""]
+    lines += [
               "## metrics", ""]
     described: dict[tuple[str, str], list[str]] = {}
     for name in data["metrics"]:

@@ -7,7 +7,7 @@ corruption of :data:`protobench.corruptions.CORRUPTIONS` at every severity 1..5 
 device) and classified; the metric is the mean accuracy over all corruptions and severities, with the
 accuracy of each (corruption, severity) and each corruption's mean as detail. Its cost is one forward pass
 per corruption and severity (40) on top of the shared clean pass, so it is a ``costly`` metric: the harness
-feeds it its evenly spaced subset of the test split.
+feeds it its class-stratified subset of the test split.
 
 Named departures:
 

@@ -1,0 +1,1 @@
+"""Calibration rows: a part-supervised ProtoPNet and a random-explanation model (references, never ranked)."""

@@ -1,0 +1,56 @@
+"""Registers the two calibration rows (``part_supervised`` and ``random_explanations``) as references.
+
+Both are marked ``reference=True``: the leaderboard shows them beside the ranked models, marked, and
+never ranks them. ``quick`` follows the families they stand beside: the part-supervised row takes
+ProtoPNet's quick profile (11 prototypes per class, one per synthbirds part), the random row the
+baseline's quick profile with ProtoPNet's 10 prototypes per class.
+"""
+
+from __future__ import annotations
+
+from protobench_baseline import plugin as baseline
+from protobench_baseline.model import train as train_baseline
+from protobench_protopnet import plugin as protopnet
+from protobench_protopnet.losses import COEFFICIENTS
+from protobench_protopnet.model import ProtoPNet
+
+from protobench import hookimpl
+from protobench.contract import ModelSpec
+
+from .part_supervised import train as train_part_supervised
+from .random_explanations import RandomExplanations
+
+PART_SUPERVISED = {
+    **protopnet.PAPER,
+    "coefficients": {**COEFFICIENTS, "part_alignment": 1.0},
+    "alignment_temperature": 1.0,
+}
+
+SPECS = [
+    ModelSpec(
+        name="part_supervised",
+        build=ProtoPNet,
+        train=train_part_supervised,
+        default_config=PART_SUPERVISED,
+        paper="Reference row: ProtoPNet (Chen et al., NeurIPS 2019) with each prototype's similarity peak "
+              "supervised onto one part keypoint (protobench)",
+        profiles={"quick": {**protopnet.QUICK, "prototypes_per_class": 11},
+                  "paper": {"prototypes_per_class": 15}},
+        reference=True,
+    ),
+    ModelSpec(
+        name="random_explanations",
+        build=RandomExplanations,
+        train=train_baseline,
+        default_config={**baseline.PAPER, "prototypes_per_class": 10},
+        paper="Reference row: the black-box baseline's logits with uniformly random similarity maps and "
+              "contributions (protobench)",
+        profiles={"quick": baseline.QUICK, "paper": {}},
+        reference=True,
+    ),
+]
+
+
+@hookimpl
+def protobench_models() -> list[ModelSpec]:
+    return SPECS
