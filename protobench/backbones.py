@@ -46,21 +46,43 @@ class TimmFeatures(nn.Module):
         return self.model.forward_features(x)
 
 
-class BackboneClassifier(nn.Module):
-    """``head(mean_hw(backbone(normalize(x))))``: a backbone with a linear head on pooled features.
+def feature_scale(features: nn.Module) -> float:
+    """The constant a backbone multiplies its features by (``output_scale``, e.g. LocalNet's; else 1)."""
+    return float(getattr(getattr(features, "model", features), "output_scale", 1.0))
 
-    Families use it to train a backbone as a plain classifier (e.g. a stand-in for ImageNet
-    pretraining); ``backbone`` and ``normalize`` are shared, not copied.
+
+class PooledHead(nn.Module):
+    """``linear(mean_hw(features) / scale)``: a linear classifier on globally average-pooled features.
+
+    ``scale`` undoes a backbone's constant output scale (:func:`feature_scale`), so that the head learns at
+    its usual rate on a backbone whose features are made small for the families' add-on layers
+    (:mod:`protobench.localnet`).
+    """
+
+    def __init__(self, channels: int, num_classes: int, scale: float = 1.0):
+        super().__init__()
+        self.scale = scale
+        self.linear = nn.Linear(channels, num_classes)
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.linear(features.mean(dim=(2, 3)) / self.scale)
+
+
+class BackboneClassifier(nn.Module):
+    """``head(backbone(normalize(x)))`` with a :class:`PooledHead`: a backbone trained as a plain classifier.
+
+    The stand-in pretraining (:mod:`protobench.standin`) uses it; ``backbone`` and ``normalize`` are
+    shared, not copied.
     """
 
     def __init__(self, normalize: nn.Module, backbone: nn.Module, channels: int, num_classes: int):
         super().__init__()
         self.normalize = normalize
         self.backbone = backbone
-        self.head = nn.Linear(channels, num_classes)
+        self.head = PooledHead(channels, num_classes, feature_scale(backbone))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.backbone(self.normalize(x)).mean(dim=(2, 3)))
+        return self.head(self.backbone(self.normalize(x)))
 
 
 def build_backbone(name: str, weights: str | None = None, *, output_stride: int | None = None) -> tuple[nn.Module, int]:

@@ -15,6 +15,7 @@ from protobench import checkpoint, harness, leaderboard
 from protobench.check import regressions
 from protobench.data.transforms import eval_transform
 from protobench.devices import resolve_device
+from protobench.gallery import contact_sheet
 from protobench.harness import Settings
 from protobench.plugins import PluginError, Registry, registry
 from protobench.store import StoreError
@@ -124,6 +125,8 @@ def cmd_gallery(args: argparse.Namespace) -> int:
     out = Path(args.gallery_dir or Path("galleries") / args.dataset / args.model)
     paths = harness.gallery(_registry(), args.model, _settings(args), out, args.top_k, prototypes)
     print(f"{len(paths)} prototype pictures in {out}")
+    if args.sheet and paths:
+        print(f"the first {min(len(paths), 10)} on one page: {contact_sheet(paths[:10], args.sheet)}")
     return 0
 
 
@@ -193,6 +196,8 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--top-k", type=int, default=5)
     q.add_argument("--prototypes", default=None, help="comma-separated prototype indices (default: all)")
     q.add_argument("--gallery-dir", default=None, help="default: galleries/<dataset>/<model>")
+    q.add_argument("--sheet", default=None, metavar="FILE",
+                   help="also stack the first ten pictures into one PNG (e.g. docs/protopnet_gallery.png)")
     common(q)
     q.set_defaults(func=cmd_gallery)
     q = sub.add_parser("explain", help="print (and draw) how a model decides on one test image")

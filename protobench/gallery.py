@@ -23,6 +23,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from protobench.because import CHARACTERISTICS, describe, local_influences, weighted_sums
@@ -151,3 +152,17 @@ def write_gallery(
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def contact_sheet(paths: Sequence[Path], out: str | Path) -> Path:
+    """Stack gallery pictures top to bottom into one PNG (white padding to the widest); returns ``out``."""
+    images = [Image.open(p).convert("RGB") for p in paths]
+    if not images:
+        raise ValueError("a contact sheet needs at least one picture")
+    sheet = Image.new("RGB", (max(im.width for im in images), sum(im.height for im in images)), "white")
+    top = 0
+    for im in images:
+        sheet.paste(im, (0, top))
+        top += im.height
+    sheet.save(out)
+    return Path(out)

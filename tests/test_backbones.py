@@ -7,7 +7,13 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from protobench.backbones import BackboneClassifier, BackboneError, ImageNetNormalize, build_backbone
+from protobench.backbones import (
+    BackboneClassifier,
+    BackboneError,
+    ImageNetNormalize,
+    build_backbone,
+    feature_scale,
+)
 
 
 def full_state(name: str, seed: int) -> dict[str, torch.Tensor]:
@@ -98,6 +104,15 @@ def test_backbone_classifier_pools_and_shares_the_backbone():
     backbone, channels = build_backbone("resnet10t")
     classifier = BackboneClassifier(ImageNetNormalize(), backbone, channels, 5)
     x = torch.rand(2, 3, 32, 32)
-    expected = classifier.head(backbone(ImageNetNormalize()(x)).mean(dim=(2, 3)))
+    expected = classifier.head.linear(backbone(ImageNetNormalize()(x)).mean(dim=(2, 3)))
     assert torch.allclose(classifier(x), expected)
     assert classifier.backbone is backbone
+
+
+def test_pooled_head_divides_out_the_backbones_output_scale():
+    backbone, channels = build_backbone("localnet_rf19")
+    assert feature_scale(backbone) == 0.005 and feature_scale(build_backbone("resnet10t")[0]) == 1.0
+    classifier = BackboneClassifier(ImageNetNormalize(), backbone, channels, 3).eval()
+    x = torch.rand(2, 3, 32, 32)
+    raw = backbone.model.blocks(backbone.model.stem(ImageNetNormalize()(x)))
+    torch.testing.assert_close(classifier(x), classifier.head.linear(raw.mean(dim=(2, 3))))

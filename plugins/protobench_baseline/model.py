@@ -1,5 +1,8 @@
 """The black-box reference: a timm backbone, global average pooling and a linear head.
 
+The head (:class:`protobench.backbones.PooledHead`) undoes a backbone's constant output scale (the quick
+backbone's features are made small by design, see :mod:`protobench.localnet`).
+
 It has no prototypes: ``prototype_classes`` is empty, ``explain`` returns similarity maps of shape
 ``[B, 0, h, w]`` and no contributions, so prototype metrics report "not applicable" for it. It is
 trained with cross-entropy through the shared trainer (one phase, all parameters).
@@ -10,15 +13,15 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from protobench.backbones import ImageNetNormalize, build_backbone
+from protobench.backbones import ImageNetNormalize, PooledHead, build_backbone, feature_scale
 from protobench.contract import Explanation, Progress, PrototypeModel, TrainData
 from protobench.training import ParamGroup, Phase, StepSchedule, cross_entropy_objective, run_recipe
 
 
 class Baseline(PrototypeModel):
-    """``head(mean_hw(f(normalize(x))))``."""
+    """``head(f(normalize(x)))`` with ``head`` a :class:`~protobench.backbones.PooledHead`."""
 
     def __init__(self, config: dict[str, Any]):
         super().__init__()
@@ -28,16 +31,16 @@ class Baseline(PrototypeModel):
         self.normalize = ImageNetNormalize()
         self.features, channels = build_backbone(config["backbone"], config.get("weights"),
                                                  output_stride=config.get("output_stride"))
-        self.head = nn.Linear(channels, self.num_classes)
+        self.head = PooledHead(channels, self.num_classes, feature_scale(self.features))
         self.register_buffer("prototype_classes", torch.zeros(0, dtype=torch.long))
 
     def explain(self, x: Tensor) -> Explanation:
         fmap = self.features(self.normalize(x))
-        logits = self.head(fmap.mean(dim=(2, 3)))
+        logits = self.head(fmap)
         return Explanation(logits=logits, similarities=fmap.new_zeros(len(x), 0, *fmap.shape[-2:]))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.features(self.normalize(x)).mean(dim=(2, 3)))
+        return self.head(self.features(self.normalize(x)))
 
 
 def train(model: PrototypeModel, data: TrainData, config: dict[str, Any], progress: Progress) -> PrototypeModel:

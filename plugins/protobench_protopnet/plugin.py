@@ -55,9 +55,10 @@ QUICK = {
     "input_size": 64,
     "batch_size": 32,
     "push_batch_size": 128,
-    # warm-up 1 epoch, joint 3 epochs, then one push + 2 last-layer epochs after the final epoch
-    "warm_epochs": 1,
-    "train_epochs": 4,
+    # warm-up 2 epochs, joint 12 epochs; push + 2 last-layer epochs after epochs 10 and 13 (the official
+    # push_start 10); the joint learning rates fall x0.1 every 5 epochs as in the paper
+    "warm_epochs": 2,
+    "train_epochs": 14,
     "last_layer_epochs": 2,
     # the backbone is young, so it trains at 10x the paper's fine-tuning rate
     "joint_lrs": {"features": 1e-3, "add_on_layers": 3e-3, "prototype_vectors": 3e-3},

@@ -43,7 +43,7 @@ class RandomExplanations(Baseline):
 
     def explain(self, x: Tensor) -> Explanation:
         fmap = self.features(self.normalize(x))
-        logits = self.head(fmap.mean(dim=(2, 3)))
+        logits = self.head(fmap)
         p, (h, w), c = self.num_prototypes, fmap.shape[-2:], self.num_classes
         similarities, contributions = [], []
         for seed in image_seeds(x):
