@@ -6,12 +6,15 @@ import math
 
 import pytest
 import torch
+from PIL import Image
 from protobench_baseline.model import Baseline
 from protobench_references.part_supervised import keypoint_cells, part_alignment
 from protobench_references.random_explanations import RandomExplanations, image_seeds
 
-from protobench import harness
+from protobench import harness, leaderboard
+from protobench.gallery import contact_sheet
 from protobench.plugins import registry
+from protobench.store import RecordKey, ResultStore
 
 
 def quiet(iterable, **_):
@@ -85,8 +88,10 @@ def test_part_alignment_by_hand() -> None:
     assert float(part_alignment(aligned, labels, hidden, classes, 2, (16, 16), 1.0)) == 0.0
 
 
-SMALL = {"num_classes": 4, "images_per_class": 40}
-FROM_SCRATCH = {"weights": None, "warm_epochs": 2, "train_epochs": 10, "last_layer_epochs": 2, "epochs": 6}
+SMALL = {"num_classes": 4, "images_per_class": 120}
+#: from a random quick backbone (no stand-in: it takes minutes), one push after the last epoch
+FROM_SCRATCH = {"weights": None, "warm_epochs": 2, "train_epochs": 16, "push_start": 100, "last_layer_epochs": 2,
+                "epochs": 4}
 
 
 @pytest.fixture(scope="module")
@@ -114,3 +119,27 @@ def test_part_supervised_row_reaches_the_top(calibration) -> None:
 def test_random_row_stays_at_the_floor(calibration) -> None:
     assert calibration["random_explanations"]["consistency"] <= 0.05
     assert calibration["random_explanations"]["object_relevance"] < calibration["part_supervised"]["object_relevance"]
+
+
+def test_leaderboard_marks_references_and_lists_them_last(tmp_path) -> None:
+    store = ResultStore(tmp_path)
+    for model in ("random_explanations", "protopnet", "baseline"):
+        store.put(RecordKey("synthbirds", "quick", model, 0, "accuracy"),
+                  {"value": 0.5, "higher_is_better": True, "model_info": {"backbone": "b", "parameters": 1}})
+    data = leaderboard.table(store, "synthbirds", registry())
+    assert [(r["model"], r["reference"]) for r in data["rows"]] == [
+        ("baseline", False), ("protopnet", False), ("random_explanations", True)]
+    text = leaderboard.markdown(data, registry())
+    models = [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| ")][1:4]
+    assert models == ["baseline", "protopnet", "random_explanations (reference)"]
+    assert "calibration rows, not ranked" in text
+
+
+def test_contact_sheet_stacks_pictures(tmp_path) -> None:
+    paths = []
+    for i, size in enumerate([(30, 10), (20, 15)]):
+        paths.append(tmp_path / f"{i}.png")
+        Image.new("RGB", size, (255, 0, 0)).save(paths[-1])
+    sheet = Image.open(contact_sheet(paths, tmp_path / "sheet.png"))
+    assert sheet.size == (30, 25) and sheet.getpixel((25, 20)) == (255, 255, 255)
+    assert sheet.getpixel((5, 20)) == (255, 0, 0)
