@@ -91,10 +91,11 @@ def train(registry: Registry, model: str, settings: Settings, progress: Any = de
     if spec.train is None:
         raise ValueError(f"model {model!r} is eval-only (its plugin gives no training recipe)")
     device = resolve_device(settings.device)
-    seed_everything(settings.seed)
     probe = build_split(registry, settings, "test", None)
     config = resolve_weights(model_config(registry, model, settings, probe.num_classes), settings.workdir,
                              device, progress)
+    # seeded after the stand-in is resolved, so a model trains alike whether or not the stand-in was cached
+    seed_everything(settings.seed)
     size = _input_size(config)
     shift = (size if isinstance(size, int) else min(size)) // 16
     data = TrainData(
