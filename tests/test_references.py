@@ -123,15 +123,15 @@ def test_random_row_stays_at_the_floor(calibration) -> None:
 
 def test_leaderboard_marks_references_and_lists_them_last(tmp_path) -> None:
     store = ResultStore(tmp_path)
-    for model in ("random_explanations", "protopnet", "baseline"):
+    for model in ("part_supervised", "protopnet", "baseline"):  # alphabetically, the reference would come 2nd
         store.put(RecordKey("synthbirds", "quick", model, 0, "accuracy"),
                   {"value": 0.5, "higher_is_better": True, "model_info": {"backbone": "b", "parameters": 1}})
     data = leaderboard.table(store, "synthbirds", registry())
     assert [(r["model"], r["reference"]) for r in data["rows"]] == [
-        ("baseline", False), ("protopnet", False), ("random_explanations", True)]
+        ("baseline", False), ("protopnet", False), ("part_supervised", True)]
     text = leaderboard.markdown(data, registry())
     models = [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| ")][1:4]
-    assert models == ["baseline", "protopnet", "random_explanations (reference)"]
+    assert models == ["baseline", "protopnet", "part_supervised (reference)"]
     assert "calibration rows, not ranked" in text
 
 
