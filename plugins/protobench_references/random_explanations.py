@@ -22,7 +22,7 @@ from torch import Tensor
 
 from protobench.contract import Explanation
 
-#: Odd multipliers of the pixel hash (a fixed sequence, the same on every machine).
+#: The pixel hash is taken modulo this prime (integer arithmetic: the same seed on every machine).
 _HASH_MODULUS = 2**61 - 1
 
 
