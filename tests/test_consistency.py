@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from types import SimpleNamespace
 
@@ -75,8 +76,17 @@ def test_part_vectors_hold_the_visible_keypoints_inside_the_box_edges_included()
 
 
 def test_counted_pairs_are_own_class_and_class_agnostic_prototypes():
-    pairs = counted_pairs(torch.tensor([1, 0]), torch.tensor([0, 1, -1, 1]))
+    pairs = counted_pairs(torch.tensor([1, 0]), torch.tensor([0, 1, -1, 1]), None)
     assert pairs.tolist() == [[0, 1], [0, 2], [0, 3], [1, 0], [1, 2]]
+
+
+def test_a_class_agnostic_prototype_counts_where_it_argues_for_the_image_class():
+    # Prototypes 1 and 2 are class-agnostic. Image 0 (class 1): prototype 1 adds +0.5 to class 1, prototype 2
+    # adds to class 0 only. Image 1 (class 0): prototype 1 subtracts from class 0, prototype 2 gives exactly 0.
+    contributions = torch.tensor([[[0.0, 0.0], [0.0, 0.5], [0.9, -0.1]],
+                                  [[0.0, 0.0], [-0.3, 0.2], [0.0, 0.0]]])
+    pairs = counted_pairs(torch.tensor([1, 0]), torch.tensor([0, -1, -1]), contributions)
+    assert pairs.tolist() == [[0, 1], [1, 0]]
 
 
 # -- consistency --------------------------------------------------------------------------------------------
@@ -123,7 +133,7 @@ def test_invisible_keypoints_are_neither_hits_nor_present():
     assert result.value == 1.0
 
 
-def test_class_agnostic_prototypes_count_every_test_image():
+def test_class_agnostic_prototypes_count_every_test_image_without_contributions():
     # Class 0 images are marked at the beak, class 1 images at the tail; prototype 0 (class 0) sees only the
     # beak images, prototype 1 (class -1) all four: beak 2/4, tail 2/4.
     keypoints = [[[5, 5, 1], [16, 16, 1], [27, 27, 1]]] * 4
@@ -134,6 +144,27 @@ def test_class_agnostic_prototypes_count_every_test_image():
     assert per["max_part_frequency"] == [1.0, 0.5]
     assert per["consistent"] == [True, False]
     assert result.value == 0.5
+
+
+def test_class_agnostic_prototypes_count_the_images_they_argue_for():
+    # The same data as above, but prototype 1 argues for class 0 only (as a ProtoTree node on class 0's path):
+    # it counts on the two beak images and is consistent.
+    keypoints = [[[5, 5, 1], [16, 16, 1], [27, 27, 1]]] * 4
+    images = marked([[(5, 5), (5, 5), (27, 27), (27, 27)]])
+    model = MapModel([0, -1], channel(0, 2))
+    plain = model.explain
+
+    def explain(x: torch.Tensor) -> Explanation:
+        contributions = torch.zeros(len(x), 2, 2)
+        contributions[:, 1, 0] = 1.0
+        return dataclasses.replace(plain(x), contributions=contributions)
+
+    model.explain = explain
+    result, _ = run(CONSISTENCY, model, [batch(images, [0, 0, 1, 1], keypoints)])
+    per = result.detail["per_prototype"]
+    assert per["images"] == [2, 2]
+    assert per["consistent"] == [True, True]
+    assert result.value == 1.0
 
 
 def random_data(n: int = 30, seed: int = 0):

@@ -52,7 +52,7 @@ class Consistency(torchmetrics.Metric):
 
     def update(self, batch: dict[str, Any], explanation: Explanation) -> None:
         keypoints = batch["keypoints"].to(self.hits.device)
-        pairs = counted_pairs(batch["label"], self.prototype_classes)
+        pairs = counted_pairs(batch["label"], self.prototype_classes, explanation.contributions)
         vectors = pair_part_vectors(self.model, explanation, keypoints, pairs, tuple(batch["image"].shape[-2:]))
         proto = pairs[:, 1]
         self.hits.index_add_(0, proto, vectors.to(self.hits.device).long())

@@ -139,7 +139,7 @@ class PartVectorRobustness(_NoisyPass):
 
     def update(self, batch: dict[str, Any], explanation: Explanation) -> None:
         after, kept = self.perturbed(batch, explanation)
-        pairs = counted_pairs(batch["label"], self.prototype_classes)
+        pairs = counted_pairs(batch["label"], self.prototype_classes, explanation.contributions)
         pairs = pairs[kept.to(pairs.device)[pairs[:, 0]]]
         keypoints = batch["keypoints"].to(self.pairs.device)
         size = tuple(batch["image"].shape[-2:])

@@ -15,8 +15,8 @@ relevance mass accuracy). Beside it:
   AREA_FRACTION))``, as CaBRNet indexes it) that lie inside the object (0 where no pixel exceeds it);
 * per prototype, the share of its region's pixels inside the object (the shared region function,
   :func:`protobench.regions.prototype_regions`), averaged over the images that count for it (its own
-  class's, every image for a class-agnostic prototype, as the consistency score counts them); and the same
-  share for the prototype contributing most to each image's predicted class (CaBRNet's ``analyze`` with its
+  class's, or the images a class-agnostic prototype argues for, as the consistency score counts them); and
+  the same share for the prototype contributing most to each image's predicted class (CaBRNet's ``analyze`` with its
   default ``num_prototypes=1``).
 
 The attribution is :func:`protobench.attribution.attribution_maps` for the predicted class: prototype regions
@@ -141,7 +141,7 @@ class ObjectRelevance(torchmetrics.Metric):
         self.images += len(images)
         if not uses_prototypes(self.model, explanation):
             return
-        pairs = counted_pairs(batch["label"], self.prototype_classes)
+        pairs = counted_pairs(batch["label"], self.prototype_classes, explanation.contributions)
         boxes = prototype_regions(self.model, explanation, size, pairs=pairs).to(images.device)
         shares = region_shares(boxes, masks, pairs[:, 0].to(images.device))
         prototypes = pairs[:, 1].to(self.share.device)

@@ -8,9 +8,12 @@ location at all: it never enters a part vector and does not count as present (th
 
 Which images count for a prototype (the paper's ``I_c``): the test images of the prototype's class
 (``get_corresponding_object_parts`` gathers, per image, the prototypes of its ground-truth class). The
-official code knows class-specific prototypes only; for class-agnostic ones (``prototype_classes == -1``:
-ProtoTree's node prototypes, CBC's components) every test image counts, since such a prototype serves every
-class.
+official code knows class-specific prototypes only. Named extension for class-agnostic ones
+(``prototype_classes == -1``: ProtoTree's node prototypes, CBC's components): an image counts when the
+prototype argues for the image's ground-truth class in that image's explanation (its contribution to that
+class is positive), as a class-specific prototype argues for the images of its class. Counting every test
+image instead would score a ProtoTree node on the images routed away from it, where its best match is
+whatever patch is least unlike it, and on images whose path never reaches it.
 """
 
 from __future__ import annotations
@@ -44,14 +47,20 @@ def part_vectors(boxes: Tensor, keypoints: Tensor) -> Tensor:
     return inside & visible(keypoints)[:, None, :]
 
 
-def counted_pairs(labels: Tensor, prototype_classes: Tensor) -> Tensor:
+def counted_pairs(labels: Tensor, prototype_classes: Tensor, contributions: Tensor | None) -> Tensor:
     """``LongTensor[N, 2]``: the (image, prototype) pairs that count, image-major.
 
-    An image counts for a prototype of its own class and for every class-agnostic prototype.
+    An image counts for a prototype of its own class, and for a class-agnostic prototype whose contribution
+    (``contributions [B, P, C]`` of the image's explanation) to its own class is positive; for every
+    class-agnostic prototype when the model reports no contributions.
     """
     labels = labels.to(prototype_classes.device)
     mine = prototype_classes[None, :] == labels[:, None]
-    return (mine | (prototype_classes[None, :] == CLASS_AGNOSTIC)).nonzero()
+    agnostic = (prototype_classes == CLASS_AGNOSTIC)[None, :]
+    if contributions is not None:
+        index = labels[:, None, None].expand(-1, len(prototype_classes), 1)
+        agnostic = agnostic & (contributions.to(prototype_classes.device).gather(2, index)[..., 0] > 0)
+    return (mine | agnostic).nonzero()
 
 
 def pair_part_vectors(

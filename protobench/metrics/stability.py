@@ -5,8 +5,8 @@ Part-Prototype Networks", ICCV 2023, section "Stability Score"; official code gi
 Each test image is perturbed with clipped Gaussian noise and explained again; a prototype is stable on an
 image when its part vector (:mod:`protobench.metrics.part_vectors`) is the same, part for part, on the clean
 and the perturbed image. A prototype's stability is the fraction of the images that count for it (the test
-images of its class; every test image for a class-agnostic prototype) on which it is stable, images without
-visible parts included (their part vectors are empty on both sides, as in the official code); the score is
+images of its class, or those a class-agnostic prototype argues for: :mod:`protobench.metrics.part_vectors`)
+on which it is stable, images without visible parts included (their part vectors are empty on both sides, as in the official code); the score is
 the mean over prototypes.
 
 The official noise is drawn in the normalised input space of an ImageNet-normalised network (``perturb_img``
@@ -83,7 +83,7 @@ class Stability(torchmetrics.Metric):
         with torch.no_grad():
             perturbed = self.model.explain(clean + delta)
         keypoints = batch["keypoints"].to(self.stable.device)
-        pairs = counted_pairs(batch["label"], self.prototype_classes)
+        pairs = counted_pairs(batch["label"], self.prototype_classes, explanation.contributions)
         size = tuple(clean.shape[-2:])
         before = pair_part_vectors(self.model, explanation, keypoints, pairs, size)
         after = pair_part_vectors(self.model, perturbed, keypoints, pairs, size)
