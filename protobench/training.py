@@ -4,7 +4,9 @@ A family's recipe is a list of phases written as data and run by :func:`run_reci
 
 * :class:`Phase`: gradient training of named parameter groups (by qualified-name prefix) with
   Adam, for a number of epochs, minimising ``sum(coefficients[k] * terms[k])`` where the phase's
-  objective returns the logits and the named loss terms of a batch. Everything outside the groups
+  objective returns the logits and the named loss terms of a batch (the batch dict carries
+  ``batch_index``, its position in the epoch, for recipes that alternate objectives by batch) and
+  ``after_step(model)``, when given, runs after every optimiser step. Everything outside the groups
   is frozen (``requires_grad=False``). Phases that name the same ``optimizer`` share one Adam
   instance, so its moments and its learning-rate schedule carry on across interruptions (as the
   ProtoPNet code keeps one joint optimizer across push cycles).
@@ -74,6 +76,7 @@ class Phase:
     coefficients: Mapping[str, float]
     optimizer: str | None = None  # phases with the same key share one optimizer; None: the phase's name
     schedule: StepSchedule | None = None
+    after_step: Callable[[nn.Module], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -218,6 +221,7 @@ def _train_epoch(
         batch = batch_to(batch, device)
         if batch["image"].dim() == 4:
             batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
+        batch["batch_index"] = i
         with autocast_for(device):
             logits, terms = phase.objective(model, batch)
             missing = set(phase.coefficients) - set(terms)
@@ -232,6 +236,8 @@ def _train_epoch(
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
+        if phase.after_step is not None:
+            phase.after_step(model)
         n = len(batch["label"])
         seen += n
         loss_sum += value * n

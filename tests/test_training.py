@@ -198,3 +198,23 @@ def test_cross_entropy_objective_by_hand():
     logits, terms = cross_entropy_objective(model, {"image": torch.tensor([[2.0, 0.0]]), "label": torch.tensor([1])})
     assert torch.equal(logits, torch.tensor([[2.0, 0.0]]))
     assert terms["cross_entropy"].item() == pytest.approx(math.log(1 + math.exp(2.0)))
+
+
+def test_the_objective_sees_each_batch_position_and_after_step_follows_every_step():
+    seen, norms = [], []
+
+    def objective(model, batch):
+        seen.append(batch["batch_index"])
+        return ce(model, batch)
+
+    def renormalise(model):
+        with torch.no_grad():
+            model.b.weight.div_(model.b.weight.norm())
+        norms.append(float(model.b.weight.detach().norm()))
+
+    model = TwoLayers()
+    step = Phase(name="p", epochs=2, groups=HEAD_ONLY, objective=objective, coefficients={"ce": 1.0},
+                 after_step=renormalise)
+    run_recipe(model, [step], data(), quiet, batch_size=5)  # 12 items: batches of 5, 5, 2
+    assert seen == [0, 1, 2, 0, 1, 2]
+    assert norms == pytest.approx([1.0] * 6)

@@ -24,9 +24,12 @@ offline Augmentor set (rotation, skew, shear, flip).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
 from typing import Any
+
+from torch import nn
 
 from protobench.contract import Progress, PrototypeModel, TrainData
 from protobench.training import Objective, ParamGroup, Phase, Step, StepSchedule, run_recipe
@@ -41,15 +44,23 @@ def is_push_epoch(epoch: int, config: dict[str, Any]) -> bool:
     return last or (epoch >= config["push_start"] and epoch % config["push_every"] == 0)
 
 
-def protopnet_recipe(config: dict[str, Any], objective: Objective = protopnet_objective) -> list[Phase | Step]:
+def protopnet_recipe(
+    config: dict[str, Any],
+    objective: Objective = protopnet_objective,
+    push: Callable[..., None] = push_prototypes,
+    after_step: Callable[[nn.Module], None] | None = None,
+) -> list[Phase | Step]:
     """The phases for ``config`` (keys: see the plugin's ``default_config``).
 
     ``objective`` returns at least the terms named in ``config["coefficients"]``; a variant with an
-    extra loss term (the part-supervised reference row) passes its own.
+    extra loss term (the part-supervised reference row) passes its own. A family with ProtoPNet's
+    stages (ST-ProtoPNet) passes its ``push(model, data, progress, batch_size=...)`` and the
+    ``after_step`` of every phase. The parameter groups are the modules ``features``,
+    ``add_on_layers``, ``prototype_vectors`` and ``last_layer`` (with whatever they hold).
     """
     coefficients, decay = dict(config["coefficients"]), config["weight_decay"]
     warm_lrs, joint_lrs = config["warm_lrs"], config["joint_lrs"]
-    phase = partial(Phase, objective=objective, coefficients=coefficients)
+    phase = partial(Phase, objective=objective, coefficients=coefficients, after_step=after_step)
     warm = phase(name="warm", epochs=0, groups=(
         ParamGroup("add_on_layers", warm_lrs["add_on_layers"], decay),
         ParamGroup("prototype_vectors", warm_lrs["prototype_vectors"]),
@@ -61,7 +72,7 @@ def protopnet_recipe(config: dict[str, Any], objective: Objective = protopnet_ob
     ), schedule=StepSchedule(config["joint_lr_step_size"], config["joint_lr_gamma"], offset=1))
     last_layer = phase(name="last_layer", epochs=config["last_layer_epochs"],
                        groups=(ParamGroup("last_layer", config["last_layer_lr"]),))
-    push = Step("push", partial(push_prototypes, batch_size=config["push_batch_size"]))
+    push = Step("push", partial(push, batch_size=config["push_batch_size"]))
 
     phases: list[Phase | Step] = []
     for epoch in range(config["train_epochs"]):
