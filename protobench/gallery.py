@@ -4,7 +4,9 @@ Each picture shows, left to right, the prototype's source (the training patch pu
 the model records it in the optional buffer ``prototype_sources`` ``[P, 3]``: dataset index, row, column) and
 its top-k activations on the test split. Every panel draws the prototype's region (:mod:`protobench.regions`,
 the same box the consistency metric uses) and marks the visible part keypoints: green inside the region (the
-parts in the part vector), grey outside. The title carries the consistency verdict when one is given.
+parts in the part vector), grey outside. The title carries the consistency verdict when one is given, and the
+prototype's set where the family has several (the explanation's ``extra["prototype_set"]``, one name per
+prototype, e.g. ST-ProtoPNet's support and trivial prototypes).
 
 Beside the panels, a text column says why the prototype matches (:mod:`protobench.because`, Nauta et al.
 2021): the global influence of hue, shape, texture, contrast and saturation on its similarity, largest first,
@@ -120,6 +122,8 @@ def write_gallery(
     part_names = list(getattr(test, "part_names", None) or [])
     scores, indices = top_activations(model, test, k, device, progress=progress)
     sources = getattr(model, "prototype_sources", None)
+    with torch.no_grad():
+        sets = model.explain(test[0]["image"][None].to(device)).extra.get("prototype_set")
     chosen = range(model.num_prototypes) if prototypes is None else prototypes
     paths = []
     for p in chosen:
@@ -143,7 +147,7 @@ def write_gallery(
                 rank = j - has_source
                 title = f"top {rank + 1}: test #{int(indices[p, rank])}, sim {float(scores[p, rank]):.2f}"
             _panel(ax, item, box, part_names, title)
-        label = "class-agnostic" if cls < 0 else f"class {cls}"
+        label = ("class-agnostic" if cls < 0 else f"class {cls}") + (f", {sets[p]}" if sets else "")
         verdict = (verdicts or {}).get(p, "")
         fig.suptitle(f"prototype {p} ({label})" + (f" — {verdict}" if verdict else ""), fontsize=8)
         fig.tight_layout()

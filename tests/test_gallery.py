@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import matplotlib.axes
+import matplotlib.figure
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -74,3 +75,23 @@ def test_gallery_writes_the_because_influences_beside_each_prototype(tmp_path, m
     # spot, (i / 6) on image i: lowering the contrast pulls the spot's red towards the image's grey mean.
     assert "because (global, over its top 2):" in computed_text
     assert "(contrast dominates)" in computed_text
+
+
+def test_gallery_titles_name_each_prototype_set_when_the_family_has_several(tmp_path, monkeypatch):
+    titles: list[str] = []
+    original = matplotlib.figure.Figure.suptitle
+
+    def recording(self, t, *args, **kwargs):
+        titles.append(t)
+        return original(self, t, *args, **kwargs)
+
+    class TwoSets(PooledRed):
+        def explain(self, x):
+            plain = super().explain(x)
+            return Explanation(logits=plain.logits, similarities=plain.similarities,
+                               extra={"prototype_set": ("trivial", "support", "support")})
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "suptitle", recording)
+    write_gallery(TwoSets(), Spots(6), tmp_path, k=2, prototypes=[0, 2])
+    write_gallery(PooledRed(), Spots(6), tmp_path, k=2, prototypes=[0])
+    assert titles == ["prototype 0 (class 0, trivial)", "prototype 2 (class-agnostic, support)", "prototype 0 (class 0)"]

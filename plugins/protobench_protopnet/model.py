@@ -47,6 +47,12 @@ def add_on_layers(in_channels: int, depth: int, kind: str) -> nn.Sequential:
             current //= 2
     else:
         raise ValueError(f"unknown add_on_layers {kind!r}: use 'regular' or 'bottleneck'")
+    return kaiming_sequential(layers)
+
+
+def kaiming_sequential(layers: list[nn.Module]) -> nn.Sequential:
+    """``layers`` in sequence, each convolution initialised as the official code does (Kaiming normal
+    fan_out, zero bias)."""
     for m in layers:
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

@@ -1,0 +1,1 @@
+"""ST-ProtoPNet (Wang et al., ICCV 2023) as a protobench plugin."""
