@@ -116,7 +116,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     found = regressions(baseline, current, args.tolerance)
     for line in found:
         print(f"REGRESSION {line}")
-    print(f"{len(found)} regression(s) against {baseline_path}")
+    compared = sum(e["value"] is not None for row in baseline["rows"] for e in row["metrics"].values())
+    print(f"{len(found)} regression(s) in {compared} baseline numbers compared, against {baseline_path}")
     return 1 if found else 0
 
 

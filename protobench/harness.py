@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -79,8 +80,43 @@ def build_split(registry: Registry, settings: Settings, split: str, transform: A
     return spec.build(settings.root, split, transform, **options)
 
 
+#: The contract's profiles (DESIGN.md, ``ModelSpec.profiles``): every command accepts them.
+STANDARD_PROFILES = ("quick", "paper")
+
+
+def check_profile(registry: Registry, settings: Settings) -> None:
+    """Refuse a profile that is neither standard nor defined by a registered model or dataset, naming the known.
+
+    A model without the profile runs its default config, as a dataset without it builds its defaults.
+    """
+    specs = [*registry.models.values(), *registry.datasets.values()]
+    known = set(STANDARD_PROFILES) | {name for spec in specs for name in spec.profiles}
+    if settings.profile not in known:
+        raise ValueError(f"unknown profile {settings.profile!r}; known: {', '.join(sorted(known))}")
+
+
+def _fits(default: Any, value: Any) -> bool:
+    """Whether an override ``value`` has the type of the config's ``default`` (None on either side fits)."""
+    if default is None or value is None:
+        return True
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(default, bool) and isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    return isinstance(value, type(default))
+
+
 def model_config(registry: Registry, model: str, settings: Settings, num_classes: int) -> dict[str, Any]:
-    config = registry.model(model).config(settings.profile, **settings.model_overrides)
+    """The model's config for ``settings``: its profile, then ``--set`` overrides (known keys, fitting types)."""
+    check_profile(registry, settings)
+    config = registry.model(model).config(settings.profile)
+    for key, value in settings.model_overrides.items():
+        if key not in config:
+            raise ValueError(f"--set {key}: not a config key of model {model!r}; its keys: {', '.join(sorted(config))}")
+        if not _fits(config[key], value):
+            raise ValueError(f"--set {key}={json.dumps(value)}: model {model!r} expects "
+                             f"{type(config[key]).__name__} like its default {json.dumps(config[key])}")
+    config.update(settings.model_overrides)
     config["num_classes"] = num_classes
     return config
 
@@ -297,7 +333,13 @@ def run(
     metrics: list[str] | None = None,
     progress: Any = default_progress,
 ) -> None:
-    """Train every model that has no checkpoint yet, then evaluate it."""
+    """Train every model that has no checkpoint yet, then evaluate it.
+
+    Every model's profile and overrides are checked before anything trains.
+    """
+    for model in models:
+        if not checkpoint.exists(settings.checkpoint_dir(model)):
+            model_config(registry, model, settings, num_classes=0)
     device = resolve_device(settings.device)
     rank, _ = init_distributed(device)
     for model in models:
@@ -323,6 +365,8 @@ def gallery(
     """
     device = resolve_device(settings.device)
     net, _ = load_trained(registry, model, settings, device)
+    if net.num_prototypes == 0:
+        raise ValueError(f"model {model!r} has no prototypes, so it has no gallery")
     transform = eval_transform(_input_size(net.config))
     test = build_split(registry, settings, "test", transform)
     push = build_split(registry, settings, "train", transform)

@@ -105,7 +105,7 @@ TOY_PLUGIN = textwrap.dedent('''
 
     def spec(name):
         return ModelSpec(name=name, build=Toy, train=train, paper="toy",
-                         default_config={"name": name, "input_size": 8, "backbone": "mean-rgb"})
+                         default_config={"name": name, "input_size": 8, "backbone": "mean-rgb", "nan": False})
 
     @hookimpl
     def protobench_models():

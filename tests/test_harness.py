@@ -96,13 +96,26 @@ def test_nan_model_gets_a_clear_error_and_keeps_other_records(toy_cli):
 
 def test_check_passes_on_itself_and_fails_on_a_regression(toy_cli):
     assert toy_cli(*RUN).returncode == 0
-    assert toy_cli("check", "--dataset", "colours").returncode == 0
+    done = toy_cli("check", "--dataset", "colours")
+    assert done.returncode == 0
+    board = json.loads((toy_cli.cwd / "leaderboards/colours.json").read_text())
+    numbers = [(r["model"], m) for r in board["rows"] for m, e in r["metrics"].items() if e["value"] is not None]
+    assert ("toy_a", "hits") in numbers and ("toy_b", "counted") in numbers
+    assert f"0 regression(s) in {len(numbers)} baseline numbers compared" in done.stdout
     baseline = json.loads((toy_cli.cwd / "leaderboards/colours.json").read_text())
     baseline["rows"][0]["metrics"]["hits"]["value"] = 1.5
     (toy_cli.cwd / "better.json").write_text(json.dumps(baseline))
     done = toy_cli("check", "--dataset", "colours", "--baseline", "better.json")
     assert done.returncode == 1
     assert "REGRESSION toy_a (quick) hits: baseline 1.5000, now 1.0000" in done.stdout
+
+
+def test_check_fails_where_the_workdir_has_no_result_for_a_baseline_row(toy_cli):
+    assert toy_cli(*RUN).returncode == 0
+    done = toy_cli("check", "--dataset", "colours", "--workdir", "empty")
+    assert done.returncode == 1
+    assert "REGRESSION toy_a (quick): missing from the current results" in done.stdout
+    assert "REGRESSION toy_b (quick): missing from the current results" in done.stdout
 
 
 def test_user_errors_are_one_line(toy_cli):
@@ -133,11 +146,12 @@ def test_torchrun_sharded_eval_equals_single_process(toy_cli):
     assert refused.returncode != 0 and "metric 'counted' cannot be reduced across 2 processes" in refused.stderr
 
 
-def test_gallery_command_writes_pictures(toy_cli):
+def test_gallery_command_refuses_a_model_without_prototypes(toy_cli):
     assert toy_cli("train", "--dataset", "colours", "--model", "toy_a").returncode == 0
     done = toy_cli("gallery", "--dataset", "colours", "--model", "toy_a")
-    assert done.returncode == 0, done.stderr
-    assert "0 prototype pictures in galleries/colours/toy_a" in done.stdout  # the toy model has no prototypes
+    assert done.returncode == 2
+    assert "model 'toy_a' has no prototypes, so it has no gallery" in done.stderr
+    assert not (toy_cli.cwd / "galleries").exists()
 
 
 def test_costly_metrics_see_a_subset_and_optional_ones_run_when_named(toy_cli):
@@ -230,3 +244,21 @@ def test_sharded_costly_metrics_see_each_class_of_the_subset_once():
                                    chosen, lambda it, desc="", total=None: it)
         states.append(next(iter(out))[1].detail["seen"])
     assert [a + b for a, b in zip(*states)] == [1] * 24
+
+
+def test_the_cli_refuses_an_unknown_profile_or_override_before_training(toy_cli):
+    done = toy_cli(*RUN, "--profile", "nosuch")
+    assert done.returncode == 2 and "unknown profile 'nosuch'; known: " in done.stderr and "quick" in done.stderr
+    done = toy_cli(*RUN, "--set", "nosuchkey=3")
+    assert done.returncode == 2
+    assert "--set nosuchkey: not a config key of model 'toy_a'; its keys: backbone, input_size, name, nan" in done.stderr
+    done = toy_cli(*RUN, "--set", "input_size=big")
+    assert done.returncode == 2 and "--set input_size=\"big\": model 'toy_a' expects int like its default 8" in done.stderr
+    assert not (toy_cli.cwd / ".protobench" / "checkpoints").exists()  # refused before anything trained
+    assert toy_cli(*RUN, "--set", "input_size=8").returncode == 0
+
+
+def test_fits_checks_an_override_against_the_default_type():
+    assert harness._fits(1e-3, 1) and harness._fits(3, 4) and harness._fits(None, "x") and harness._fits("a", None)
+    assert not harness._fits(3, 2.5) and not harness._fits(True, 1) and not harness._fits(1, True)
+    assert not harness._fits({"a": 1}, [1]) and not harness._fits("vgg19", 19)
