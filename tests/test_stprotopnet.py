@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from protobench_stprotopnet.losses import (
     active_branch,
+    branch_terms,
     closeness,
     cluster_similarity,
     discrimination,
@@ -63,6 +66,18 @@ def test_pair_terms_average_over_ordered_pairs_of_different_classes():
     prototypes = torch.tensor([[1.0, 0.0], [0.5, 0.5], [0.0, 0.5]])[:, :, None, None]
     assert float(discrimination(prototypes, 3)) == pytest.approx(0.75 / 3)
     assert float(closeness(prototypes, 3)) == pytest.approx(-0.75 / 3)
+
+
+def test_branch_terms_l1_covers_the_wrong_class_weights_and_ce_the_branch_logits():
+    model = tiny()  # 2 classes x 5 prototypes per branch; heads at +1 own class, -0.5 others
+    labels = torch.tensor([0, 1])
+    logits = torch.tensor([[2.0, 0.0], [0.0, 0.0]])
+    terms = branch_terms(model, "support", labels, logits, torch.zeros(2, 10))
+    assert float(terms["l1_support"]) == pytest.approx(10 * 0.5)  # each of 10 prototypes has one wrong class
+    expected = (-math.log(math.exp(2) / (math.exp(2) + 1)) - math.log(0.5)) / 2
+    assert float(terms["cross_entropy_support"]) == pytest.approx(expected)
+    assert set(terms) == {"cross_entropy_support", "cluster_support", "separation_support", "orthogonality_support",
+                          "l1_support", "closeness"}
 
 
 # -- the objective and its alternation -----------------------------------------------------------------------
