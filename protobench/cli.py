@@ -54,6 +54,27 @@ def _settings(args: argparse.Namespace) -> Settings:
     )
 
 
+#: The default workdir, and where the committed leaderboards live.
+DEFAULT_WORKDIR = ".protobench"
+COMMITTED_BOARDS = "leaderboards"
+
+
+def _board_dir(args: argparse.Namespace) -> Path:
+    """Where ``run`` and ``leaderboard`` write: ``--out`` when given; the committed ``leaderboards/`` for the
+    committed configuration (the default workdir, no ``--set`` or ``--data``); else ``<workdir>/leaderboards``,
+    so a scratch experiment never rewrites the committed board."""
+    if args.out is not None:
+        return Path(args.out)
+    committed = args.workdir == DEFAULT_WORKDIR and not args.set and not args.data
+    return Path(COMMITTED_BOARDS) if committed else Path(args.workdir) / COMMITTED_BOARDS
+
+
+def _write_board(args: argparse.Namespace, settings: Settings, reg: Registry) -> None:
+    path = leaderboard.write(settings.store, settings.dataset, _board_dir(args), reg)
+    print(path.read_text())
+    print(f"leaderboard written to {path} (and {path.with_suffix('.json').name})")
+
+
 def _registry() -> Registry:
     reg = registry()
     for error in reg.errors:
@@ -95,19 +116,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     metrics = args.metrics.split(",") if args.metrics else None
     harness.run(reg, models, settings, metrics)
     if int(os.environ.get("RANK", "0")) == 0:
-        print(leaderboard.write(settings.store, settings.dataset, args.out, reg).read_text())
+        _write_board(args, settings, reg)
     return 0
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    print(leaderboard.write(settings.store, args.dataset, args.out, _registry()).read_text())
+    _write_board(args, _settings(args), _registry())
     return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    baseline_path = Path(args.baseline or Path(args.out) / f"{args.dataset}.json")
+    baseline_path = Path(args.baseline or Path(args.out or COMMITTED_BOARDS) / f"{args.dataset}.json")
     try:
         baseline = json.loads(baseline_path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -161,9 +181,10 @@ def parser() -> argparse.ArgumentParser:
         q.add_argument("--profile", default="quick", help="quick (laptop CPU) or paper (the paper's settings)")
         q.add_argument("--seed", type=int, default=0)
         q.add_argument("--root", default=None, help="dataset directory (CUB-200-2011, image folder)")
-        q.add_argument("--workdir", default=".protobench", help="checkpoints and results (default: .protobench)")
+        q.add_argument("--workdir", default=DEFAULT_WORKDIR, help=f"checkpoints and results (default: {DEFAULT_WORKDIR})")
         if leaderboard_out:
-            q.add_argument("--out", default="leaderboards", help="leaderboard directory (default: leaderboards)")
+            q.add_argument("--out", default=None, help=f"leaderboard directory (default: {COMMITTED_BOARDS} for the "
+                           "default workdir without --set/--data, else <workdir>/leaderboards)")
         q.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
         q.add_argument("--batch-size", type=int, default=64, help="evaluation batch size")
         q.add_argument("--workers", type=int, default=0, help="data-loader worker processes")

@@ -262,3 +262,17 @@ def test_fits_checks_an_override_against_the_default_type():
     assert harness._fits(1e-3, 1) and harness._fits(3, 4) and harness._fits(None, "x") and harness._fits("a", None)
     assert not harness._fits(3, 2.5) and not harness._fits(True, 1) and not harness._fits(1, True)
     assert not harness._fits({"a": 1}, [1]) and not harness._fits("vgg19", 19)
+
+
+def test_a_run_elsewhere_or_with_overrides_writes_its_board_under_its_workdir(toy_cli):
+    done = toy_cli(*RUN, "--workdir", "scratch")
+    assert done.returncode == 0, done.stderr
+    assert not (toy_cli.cwd / "leaderboards").exists()
+    assert (toy_cli.cwd / "scratch/leaderboards/colours.md").is_file()
+    assert "leaderboard written to scratch/leaderboards/colours.md" in done.stdout
+    done = toy_cli(*RUN, "--set", "input_size=8")
+    assert done.returncode == 0 and not (toy_cli.cwd / "leaderboards").exists()
+    assert "leaderboard written to .protobench/leaderboards/colours.md" in done.stdout
+    done = toy_cli("leaderboard", "--dataset", "colours")
+    assert done.returncode == 0 and (toy_cli.cwd / "leaderboards/colours.json").is_file()
+    assert "leaderboard written to leaderboards/colours.md" in done.stdout
