@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
+import inspect
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -25,6 +25,7 @@ from protobench.contract import EvalContext, MetricResult, MetricSpec, Prototype
 from protobench.data.transforms import eval_transform, train_transform
 from protobench.devices import barrier, init_distributed, resolve_device, seed_everything
 from protobench.gallery import write_gallery
+from protobench.overrides import check_overrides
 from protobench.plugins import Registry
 from protobench.progress import progress as default_progress
 from protobench.standin import resolve_weights
@@ -75,7 +76,14 @@ def _input_size(config: dict[str, Any]) -> int | tuple[int, int]:
 
 
 def build_split(registry: Registry, settings: Settings, split: str, transform: Any) -> Dataset:
+    """A split of the settings' dataset: its profile's options, then ``--data`` (checked where the build
+    names its options as keyword parameters with defaults; a build taking ``**options`` checks its own)."""
     spec = registry.dataset(settings.dataset)
+    parameters = inspect.signature(spec.build).parameters.values()
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        named = {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
+        named.pop("transform", None)
+        check_overrides(named, settings.dataset_options, "--data", f"dataset {settings.dataset!r}")
     options = {**spec.profiles.get(settings.profile, {}), **settings.dataset_options}
     return spec.build(settings.root, split, transform, **options)
 
@@ -95,27 +103,11 @@ def check_profile(registry: Registry, settings: Settings) -> None:
         raise ValueError(f"unknown profile {settings.profile!r}; known: {', '.join(sorted(known))}")
 
 
-def _fits(default: Any, value: Any) -> bool:
-    """Whether an override ``value`` has the type of the config's ``default`` (None on either side fits)."""
-    if default is None or value is None:
-        return True
-    if isinstance(default, bool) or isinstance(value, bool):
-        return isinstance(default, bool) and isinstance(value, bool)
-    if isinstance(default, float):
-        return isinstance(value, (int, float))
-    return isinstance(value, type(default))
-
-
 def model_config(registry: Registry, model: str, settings: Settings, num_classes: int) -> dict[str, Any]:
     """The model's config for ``settings``: its profile, then ``--set`` overrides (known keys, fitting types)."""
     check_profile(registry, settings)
     config = registry.model(model).config(settings.profile)
-    for key, value in settings.model_overrides.items():
-        if key not in config:
-            raise ValueError(f"--set {key}: not a config key of model {model!r}; its keys: {', '.join(sorted(config))}")
-        if not _fits(config[key], value):
-            raise ValueError(f"--set {key}={json.dumps(value)}: model {model!r} expects "
-                             f"{type(config[key]).__name__} like its default {json.dumps(config[key])}")
+    check_overrides(config, settings.model_overrides, "--set", f"model {model!r}")
     config.update(settings.model_overrides)
     config["num_classes"] = num_classes
     return config

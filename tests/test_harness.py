@@ -8,12 +8,16 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 import torchmetrics
 from torch.utils.data import Dataset
 
 from protobench import harness
-from protobench.contract import Explanation, MetricResult, MetricSpec, PrototypeModel
+from protobench.contract import DatasetSpec, Explanation, MetricResult, MetricSpec, PrototypeModel
+from protobench.data.synthbirds import build_synthbirds
+from protobench.overrides import fits
+from protobench.plugins import Registry
 
 RUN = ("run", "--dataset", "colours", "--models", "toy_a,toy_b", "--batch-size", "8")
 
@@ -259,9 +263,26 @@ def test_the_cli_refuses_an_unknown_profile_or_override_before_training(toy_cli)
 
 
 def test_fits_checks_an_override_against_the_default_type():
-    assert harness._fits(1e-3, 1) and harness._fits(3, 4) and harness._fits(None, "x") and harness._fits("a", None)
-    assert not harness._fits(3, 2.5) and not harness._fits(True, 1) and not harness._fits(1, True)
-    assert not harness._fits({"a": 1}, [1]) and not harness._fits("vgg19", 19)
+    assert fits(1e-3, 1) and fits(3, 4) and fits(None, "x") and fits("a", None) and fits((0.8, 1.1), [0.5, 1])
+    assert not fits(3, 2.5) and not fits(True, 1) and not fits(1, True)
+    assert not fits({"a": 1}, [1]) and not fits("vgg19", 19)
+
+
+def test_data_options_are_checked_for_builds_with_named_options_and_for_synthbirds():
+    def build_named(root, split, transform=None, crop: bool = False, size: int = 8):
+        return (crop, size)
+
+    reg = Registry(datasets={"named": DatasetSpec(name="named", build=build_named)})
+    settings = harness.Settings(dataset="named", dataset_options={"size": 16})
+    assert harness.build_split(reg, settings, "test", None) == (False, 16)
+    with pytest.raises(ValueError, match="--data colour: not a key of dataset 'named'; its keys: crop, size$"):
+        harness.build_split(reg, harness.Settings(dataset="named", dataset_options={"colour": 1}), "test", None)
+    with pytest.raises(ValueError, match="--data crop=1: dataset 'named' expects bool like its default false"):
+        harness.build_split(reg, harness.Settings(dataset="named", dataset_options={"crop": 1}), "test", None)
+    with pytest.raises(ValueError, match="--data resolution=\"big\": dataset 'synthbirds' expects int"):
+        build_synthbirds(None, "test", resolution="big")
+    with pytest.raises(ValueError, match="--data colours: not a key of dataset 'synthbirds'; its keys: .*workers"):
+        build_synthbirds(None, "test", colours=3)
 
 
 def test_a_run_elsewhere_or_with_overrides_writes_its_board_under_its_workdir(toy_cli):

@@ -40,6 +40,7 @@ from protobench.data.synthbirds_classes import (
     varying_parts,
 )
 from protobench.data.synthbirds_render import Nuisance, Rendering, render, sample_scene
+from protobench.overrides import check_overrides
 
 __all__ = [
     "PAPER_OPTIONS", "PART_NAMES", "QUICK_OPTIONS", "BirdClass", "PartAttributes", "Rendering",
@@ -127,8 +128,9 @@ PAPER_OPTIONS: dict[str, Any] = {
     "num_classes": 200, "images_per_class": 60, "test_fraction": 0.5, "resolution": 224,
 }
 
-_CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(SynthBirdsConfig))
-_BUILD_OPTIONS = _CONFIG_FIELDS | {"workers"}
+_CONFIG_DEFAULTS = {f.name: f.default for f in dataclasses.fields(SynthBirdsConfig)}
+#: the build's options: the config's fields and the number of rendering processes
+_BUILD_DEFAULTS = {**_CONFIG_DEFAULTS, "workers": None}
 
 
 def _check_split(split: str) -> str:
@@ -138,10 +140,8 @@ def _check_split(split: str) -> str:
 
 
 def make_config(**options: Any) -> SynthBirdsConfig:
-    """A config from build options; unknown options raise ValueError naming them."""
-    unknown = sorted(set(options) - _CONFIG_FIELDS)
-    if unknown:
-        raise ValueError(f"unknown synthbirds options {unknown}; known: {sorted(_BUILD_OPTIONS)}")
+    """A config from build options; an unknown option or one whose type does not fit raises ValueError naming it."""
+    check_overrides(_CONFIG_DEFAULTS, options, "--data", "dataset 'synthbirds'")
     return SynthBirdsConfig(**options)
 
 
@@ -302,6 +302,7 @@ def build_synthbirds(root: str | Path | None, split: str, transform: Callable[[d
     """The ``synthbirds`` DatasetSpec build: ``root`` is unused; ``options`` are SynthBirdsConfig's
     fields plus ``workers`` (rendering processes; default: all cores for splits of 512 images or more)."""
     _check_split(split)
+    check_overrides(_BUILD_DEFAULTS, options, "--data", "dataset 'synthbirds'")
     workers = options.pop("workers", None)
     return SynthBirds(make_config(**options), split, transform, workers)
 
