@@ -255,7 +255,7 @@ def test_the_cli_refuses_an_unknown_profile_or_override_before_training(toy_cli)
     assert done.returncode == 2 and "unknown profile 'nosuch'; known: " in done.stderr and "quick" in done.stderr
     done = toy_cli(*RUN, "--set", "nosuchkey=3")
     assert done.returncode == 2
-    assert "--set nosuchkey: not a config key of model 'toy_a'; its keys: backbone, input_size, name, nan" in done.stderr
+    assert "--set nosuchkey: not a key of model 'toy_a'; its keys: backbone, input_size, name, nan" in done.stderr
     done = toy_cli(*RUN, "--set", "input_size=big")
     assert done.returncode == 2 and "--set input_size=\"big\": model 'toy_a' expects int like its default 8" in done.stderr
     assert not (toy_cli.cwd / ".protobench" / "checkpoints").exists()  # refused before anything trained
