@@ -77,16 +77,13 @@ def last_layer_init(num_prototypes: int, prototypes_per_class: int, num_classes:
 
 @dataclass
 class BranchPass:
-    """One branch's forward pass: logit maps ``[B, P, h, w]``, loss activations ``[B, P]``, logits ``[B, C]``."""
+    """One branch's forward pass: logit maps ``[B, P, h, w]``, their max over the grid (what the last layer
+    weighs) ``[B, P]``, loss activations ``[B, P]`` (the same tensor in ``full``) and logits ``[B, C]``."""
 
     logit_maps: Tensor
+    logit_activations: Tensor
     loss_activations: Tensor
     logits: Tensor
-
-    @property
-    def logit_activations(self) -> Tensor:
-        """``[B, P]``: the logit maps max-pooled over the grid (what the last layer weighs)."""
-        return self.logit_maps.flatten(2).max(dim=2).values
 
 
 class STProtoPNet(PrototypeModel):
@@ -138,12 +135,14 @@ class STProtoPNet(PrototypeModel):
         with torch.autocast(device_type=z.device.type, enabled=False):
             cosine = cosine_maps(z.float(), prototypes)
             if self.variant == "full":
-                logit_maps = loss_maps = F.relu(cosine)
+                logit_maps = F.relu(cosine)
+                logit_activations = loss_activations = logit_maps.flatten(2).max(dim=2).values
             else:
-                logit_maps, loss_maps = projection_maps(z.float(), prototypes), cosine
-        loss_activations = loss_maps.flatten(2).max(dim=2).values
-        logits = self.last_layer[branch](logit_maps.flatten(2).max(dim=2).values)
-        return BranchPass(logit_maps, loss_activations, logits)
+                logit_maps = projection_maps(z.float(), prototypes)
+                logit_activations = logit_maps.flatten(2).max(dim=2).values
+                loss_activations = cosine.flatten(2).max(dim=2).values
+        logits = self.last_layer[branch](logit_activations)
+        return BranchPass(logit_maps, logit_activations, loss_activations, logits)
 
     def branches(self, x: Tensor) -> dict[str, BranchPass]:
         """Both branches' passes on ``[0, 1]`` images."""
