@@ -1,10 +1,10 @@
 """Cost of the ``because`` metric as a multiple of one forward pass over the same images.
 
-ProtoPNet from its plugin (``quick`` profile, untrained: the cost does not depend on the weights), random [0,
-1] images of the profile's input size. The metric's work per batch is its ``update`` given the shared pass's
+ProtoPNet from its plugin (``quick`` profile, untrained and without the stand-in backbone weights: the cost
+does not depend on the weights), random [0, 1] images of the profile's input size. The metric's work per batch is its ``update`` given the shared pass's
 clean explanation: the five perturbations (tensor ops) and one forward pass over all of them, so the expected
 ratio is about 5 plus the perturbations' own cost. Each time is the best of ``--repeats`` runs. Run: ``python
-benchmarks/because_speed.py [--batch B] [--threads T] [--device cpu|cuda]``.
+benchmarks/because_speed.py [--batch B] [--threads T] [--device cpu|cuda] [--smoke]``.
 """
 
 from __future__ import annotations
@@ -39,11 +39,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, one repeat: checks that it runs")
     args = parser.parse_args()
+    if args.smoke:
+        args.batch, args.repeats = 2, 1
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     spec = discover().models["protopnet"]
-    net = spec.build(spec.config("quick")).to(device).eval()
+    net = spec.build(spec.config("quick", weights=None)).to(device).eval()
     images = torch.rand(args.batch, 3, *net.input_size, device=device)
     state = BECAUSE.compute(net, EvalContext(dataset=None, device=device))
     with torch.no_grad():

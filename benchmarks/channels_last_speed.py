@@ -3,7 +3,7 @@
 The shared trainer (:mod:`protobench.training`) trains channels-last. This prints, per family, the best of
 ``--repeats`` timings of ``--steps`` Adam steps on the family's full objective (untrained model, random
 [0, 1] images of the quick input size, batch 32) in both layouts, and their ratio. Run: ``python
-benchmarks/channels_last_speed.py [--threads T] [--steps N] [--repeats R]``.
+benchmarks/channels_last_speed.py [--threads T] [--steps N] [--repeats R] [--batch B] [--smoke]``.
 """
 
 from __future__ import annotations
@@ -43,7 +43,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, one repeat: checks that it runs")
     args = parser.parse_args()
+    if args.smoke:
+        args.steps, args.repeats, args.batch = 1, 1, 2
     torch.set_num_threads(args.threads)
     reg = registry()
     print(f"{'family':14s} {'default ms':>10s} {'channels-last ms':>17s} {'ratio':>6s}   ({args.threads} threads)")
@@ -52,8 +56,8 @@ def main() -> None:
         spec = reg.model(name)
         config = {**spec.config("quick"), "weights": None, "num_classes": 24}
         generator = torch.Generator().manual_seed(0)
-        images = torch.rand(32, 3, 64, 64, generator=generator)
-        labels = torch.randint(0, 24, (32,), generator=generator)
+        images = torch.rand(args.batch, 3, 64, 64, generator=generator)
+        labels = torch.randint(0, 24, (args.batch,), generator=generator)
         times = []
         for channels_last in (False, True):
             torch.manual_seed(0)

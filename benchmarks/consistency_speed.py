@@ -6,9 +6,11 @@ the two bare passes over the same batches (clean, then the same images plus fixe
 and their ratio (target <= 1.25). Memory: the same metric pass over 1,000 and over 4,000 images, each in its
 own subprocess, printing each one's peak resident set size.
 
-The model is ProtoPNet from its plugin (``quick`` profile: resnet18, 64 px) when the plugin loads, else a
-small ProtoPNet-like stand-in; the data is synthbirds when it exists, else random images with random keypoints
-generated per item (so that the dataset holds no images). Run: ``python benchmarks/consistency_speed.py``.
+The model is ProtoPNet from its plugin (``quick`` profile, 64 px, untrained, without the stand-in backbone
+weights) when the plugin loads, else a small ProtoPNet-like stand-in; the data is synthbirds when it exists,
+else random images with random keypoints generated per item (so that the dataset holds no images); with
+``--smoke`` (tiny sizes, one repeat: checks that it runs) 64 random images and one memory run over 32.
+Run: ``python benchmarks/consistency_speed.py [--smoke]``.
 """
 
 from __future__ import annotations
@@ -78,12 +80,14 @@ class TinyProtoPNet(PrototypeModel):
         return Explanation(logits=self.last_layer(similarities.amax(dim=(2, 3))), similarities=similarities)
 
 
-def build() -> tuple[PrototypeModel, Dataset, str]:
+def build(smoke: bool = False) -> tuple[PrototypeModel, Dataset, str]:
     """The model and test data to measure, and a line saying which they are."""
     try:
         from protobench.data.synthbirds import build_synthbirds
     except ImportError:
-        data: Dataset = RandomBirds(512)
+        build_synthbirds = None
+    if smoke or build_synthbirds is None:
+        data: Dataset = RandomBirds(64 if smoke else 512)
         data_name = "random images with random keypoints"
     else:
         data = build_synthbirds(None, "test", None)
@@ -92,7 +96,7 @@ def build() -> tuple[PrototypeModel, Dataset, str]:
         from protobench.plugins import discover
 
         spec = discover({"protopnet"}).model("protopnet")
-        model: PrototypeModel = spec.build(spec.config("quick", num_classes=data.num_classes))
+        model: PrototypeModel = spec.build(spec.config("quick", num_classes=data.num_classes, weights=None))
         model_name = "ProtoPNet plugin, quick profile"
     except (ImportError, LookupError) as error:  # the plugin is optional here: fall back to the stand-in
         model = TinyProtoPNet(data.num_classes)
@@ -103,7 +107,8 @@ def build() -> tuple[PrototypeModel, Dataset, str]:
 def metric_pass(model: PrototypeModel, data: Dataset) -> None:
     settings = harness.Settings(batch_size=BATCH, seed=0)
     out = harness._shared_pass(model, "bench", data, [ACCURACY, CONSISTENCY, STABILITY], settings,
-                               torch.device("cpu"), 0, 1, lambda it, desc="", total=None: it)
+                               torch.device("cpu"), rank=0, world=1, costly=None,
+                               progress=lambda it, desc="", total=None: it)
     for _spec, result, reason in out:
         assert reason is None and result.value is not None, reason
 
@@ -119,8 +124,8 @@ def bare_pass(model: PrototypeModel, data: Dataset) -> None:
             model.explain(images + delta)
 
 
-def timing(repeats: int) -> None:
-    model, data, what = build()
+def timing(repeats: int, smoke: bool) -> None:
+    model, data, what = build(smoke)
     print(what)
     print(f"{len(data)} images, batch {BATCH}, {torch.get_num_threads()} thread(s)")
     bare, metrics = [], []
@@ -145,14 +150,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, one repeat: checks that it runs")
     parser.add_argument("--memory", type=int, help=argparse.SUPPRESS)  # child process: measure n images
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.memory:
         peak_memory(args.memory)
         return
-    timing(args.repeats)
-    for n in (1000, 4000):
+    timing(1 if args.smoke else args.repeats, args.smoke)
+    for n in (32,) if args.smoke else (1000, 4000):
         child = [sys.executable, __file__, "--memory", str(n), "--threads", str(args.threads)]
         mib = float(subprocess.run(child, capture_output=True, text=True, check=True).stdout.split()[-1])
         print(f"peak RSS, metric pass over {n} images (own process): {mib:.0f} MiB")

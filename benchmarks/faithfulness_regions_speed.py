@@ -6,7 +6,8 @@ explanation, then ``compute``) divided by the time of one bare forward pass (``e
 the same batches of synthbirds test images. By definition region deletion runs 2 x TOP_K forward passes per
 image (plus Integrated Gradients for the black box: IG_STEPS forward + backward passes); object relevance runs
 none for a prototype model (regions and synthbirds' re-rendered masks) and Integrated Gradients for the black
-box. Run: ``python benchmarks/faithfulness_regions_speed.py [--images N] [--threads T]``.
+box. Models are untrained, without the stand-in backbone weights (the cost does not depend on them). Run:
+``python benchmarks/faithfulness_regions_speed.py [--images N] [--threads T] [--smoke]``.
 """
 
 from __future__ import annotations
@@ -43,7 +44,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=24)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3, help="bare forward passes timed (the best is kept)")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, one repeat: checks that it runs")
     args = parser.parse_args()
+    if args.smoke:
+        args.images, args.batch_size, args.repeats = 2, 2, 1
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     data = test_images(args.images)
@@ -53,7 +57,7 @@ def main() -> None:
     print(f"{'model':<12}{'metric':<18}{'seconds':>9}{'x forward':>11}  passes by definition (per image)")
     for name in ("protopnet", "baseline"):
         spec = registry.model(name)
-        model = spec.build(spec.config("quick", num_classes=data.dataset.num_classes)).eval()
+        model = spec.build(spec.config("quick", num_classes=data.dataset.num_classes, weights=None)).eval()
         prepared = []
         with torch.no_grad():
             for batch in DataLoader(data, batch_size=args.batch_size, shuffle=False):

@@ -8,10 +8,12 @@ and one forward pass over them, in the same batches, on the same device. The rat
 (visinf/funnybirds-framework ``evaluation_protocols.py``) renders and runs one image at a time, once per
 protocol and threshold.
 
-The model is ProtoPNet from its plugin (``quick`` profile, untrained) or, with ``--model baseline``, the
+The model is ProtoPNet from its plugin (``quick`` profile, untrained, without the stand-in backbone weights)
+or, with ``--model baseline``, the
 black-box baseline (explained by Integrated Gradients, 50 steps per class explained); the data is the
 synthbirds test split at 64 px, 24 classes, the costly subset of the quick profile (evenly spaced images).
-Run: ``python benchmarks/faithfulness_speed.py [--images 24] [--model protopnet|baseline] [--device cuda]``.
+Run: ``python benchmarks/faithfulness_speed.py [--images 24] [--model protopnet|baseline] [--device cuda]
+[--smoke]``.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ def build(name: str, images: int, device: torch.device) -> tuple[PrototypeModel,
 
     data = build_synthbirds(None, "test", None, workers=1)
     spec = discover({name}).model(name)
-    model = spec.build(spec.config("quick", num_classes=data.num_classes)).to(device).eval()
+    model = spec.build(spec.config("quick", num_classes=data.num_classes, weights=None)).to(device).eval()
     stride = -(-len(data) // images)
     return model, data, Subset(data, range(0, len(data), stride))
 
@@ -87,7 +89,10 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=24, help="test images (the quick profile's costly subset)")
     parser.add_argument("--model", default="protopnet", choices=["protopnet", "baseline"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks that it runs")
     args = parser.parse_args()
+    if args.smoke:
+        args.images = 1
     device = torch.device(args.device)
     model, data, subset = build(args.model, args.images, device)
     print(f"model: {args.model} (quick profile, untrained) on {device}; data: synthbirds test, {len(subset)} images")

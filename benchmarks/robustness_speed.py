@@ -10,10 +10,11 @@ skip misclassified images; an untrained model misclassifies almost all): the tim
 Hoffmann et al.'s attack tries up to 5 prototypes per image in turn, so its pass count depends on when it
 succeeds; the run prints the mean number of rounds it needed.
 
-The model is ProtoPNet from its plugin (``quick`` profile, 64 px, untrained) when the plugin
+The model is ProtoPNet from its plugin (``quick`` profile, 64 px, untrained, without the stand-in backbone
+weights) when the plugin
 loads, else a small timm CNN with a ProtoPNet-like head; the data is the synthbirds test split (64 px).
 ``certified_accuracy`` is timed only for a model with ``certified_margin`` (neither of these has one). ``corruption_accuracy`` is timed when
-``protobench.metrics.corruption`` exists. Run: ``python benchmarks/robustness_speed.py [--images N]``.
+``protobench.metrics.corruption`` exists. Run: ``python benchmarks/robustness_speed.py [--images N] [--smoke]``.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def build(images: int) -> tuple[PrototypeModel, Dataset, str]:
         from protobench.plugins import discover
 
         spec = discover({"protopnet"}).model("protopnet")
-        model: PrototypeModel = spec.build(spec.config("quick", num_classes=data.num_classes))
+        model: PrototypeModel = spec.build(spec.config("quick", num_classes=data.num_classes, weights=None))
         model_name = "ProtoPNet plugin, quick profile (untrained)"
     except (ImportError, LookupError) as error:  # the plugin is optional here: fall back to the stand-in
         model = TimmProtoNet(data.num_classes)
@@ -145,7 +146,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3, help="bare forward passes timed (the best is kept)")
     parser.add_argument("--metrics", nargs="*", help="only these metric names")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, one repeat: checks that it runs")
     args = parser.parse_args()
+    if args.smoke:
+        args.images, args.batch_size, args.repeats = 2, 2, 1
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model, data, what = build(args.images)

@@ -2,7 +2,7 @@
 
 Builds the train split of a dataset at the given resolution (as ``build_synthbirds`` does, with its
 worker pool over all cores unless ``--workers`` says otherwise) and times it; the target is 10,000
-images at 128 px in under a minute on two cores. Run: ``python benchmarks/synthbirds_speed.py``.
+images at 128 px in under a minute on two cores. Run: ``python benchmarks/synthbirds_speed.py [--smoke]``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,10 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=2400, help="images to render (default 2400)")
     parser.add_argument("--resolution", type=int, default=128)
     parser.add_argument("--workers", type=int, default=None, help="rendering processes (default: all cores)")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, one process: checks that it runs")
     args = parser.parse_args()
+    if args.smoke:
+        args.images, args.resolution, args.workers = 48, 32, 1
     num_classes = 24
     per_class = max(1, args.images // num_classes)
     options = {"num_classes": num_classes, "images_per_class": 2 * per_class, "test_fraction": 0.5,
