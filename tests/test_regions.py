@@ -112,13 +112,14 @@ def test_chunked_search_equals_one_argmax_per_map(monkeypatch):
     assert torch.equal(whole[..., 0] * 56 + whole[..., 1], first_maxima(maps, (56, 56)))
 
 
-@pytest.mark.skipif(not torch.backends.mkl.is_available(), reason="the former products' arithmetic is MKL's")
 @pytest.mark.parametrize("grid, size", [((7, 7), (224, 224)), ((5, 3), (64, 40)), ((1, 9), (30, 70)),
                                         ((16, 16), (64, 64)), ((10, 10), (7, 13))])
-def test_upsample_is_bit_for_bit_the_former_matrix_products(grid, size):
+def test_upsample_is_the_former_matrix_products_up_to_rounding(grid, size):
+    """The same operator as the former BLAS products; their rounding order is the BLAS's (it differed between
+    machines for the 1x9 grid), so only closeness is a property of ours."""
     maps = torch.randn(6, *grid, generator=torch.Generator().manual_seed(3))
     former = R.cubic_weights(grid[0], size[0]) @ (maps @ R.cubic_weights(grid[1], size[1]).T)
-    assert torch.equal(R.upsample(maps, size), former)
+    torch.testing.assert_close(R.upsample(maps, size), former, rtol=1e-6, atol=1e-6)
 
 
 def test_fma_rounds_once_even_where_float64_rounds_onto_a_float32_midpoint():
