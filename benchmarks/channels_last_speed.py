@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import time
 
 import torch
+from timing import best_time
 
 from protobench.plugins import registry
 
@@ -25,17 +25,16 @@ OBJECTIVES = {
 
 def step_time(model: torch.nn.Module, objective, coefficients: dict, batch: dict, steps: int, repeats: int) -> float:
     optimizer = torch.optim.Adam(model.parameters(), 1e-4)
-    best = float("inf")
-    for _ in range(repeats + 1):  # the first round warms up
-        start = time.perf_counter()
+
+    def train_steps() -> None:
         for i in range(steps):
             _, terms = objective(model, {**batch, "batch_index": i})
             loss = sum(c * terms[k] for k, c in coefficients.items())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        best = min(best, time.perf_counter() - start)
-    return best / steps
+
+    return best_time(train_steps, repeats + 1)[0] / steps  # the first round warms up
 
 
 def main() -> None:

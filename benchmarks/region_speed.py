@@ -21,12 +21,11 @@ Each time is the best of ``--repeats``. Run: ``python benchmarks/region_speed.py
 from __future__ import annotations
 
 import argparse
-import time
-from collections.abc import Callable
 
 import cv2
 import numpy as np
 import torch
+from timing import best_time
 from torch import Tensor
 
 from protobench.regions import _CHUNK_PIXELS, cubic_weights, half_size, regions, upsample
@@ -97,16 +96,6 @@ def materialised_boxes(maps: Tensor, size: int, half: int) -> Tensor:
     y, x = index // size, index % size
     return torch.stack([(x - half).clamp(min=0), (y - half).clamp(min=0),
                         (x + half).clamp(max=size), (y + half).clamp(max=size)], dim=1)
-
-
-def best_time(run: Callable[[], object], repeats: int) -> tuple[float, object]:
-    """The best of ``repeats`` timings of ``run`` and its (last) result."""
-    best, result = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = run()
-        best = min(best, time.perf_counter() - start)
-    return best, result
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -10,16 +11,25 @@ import torch
 from protobench.contract import EvalContext, MetricSpec, PrototypeModel
 
 
-def forward_time(model: PrototypeModel, prepared: list, repeats: int) -> float:
-    """Best of ``repeats`` timings of one ``explain`` per prepared (batch, explanation) pair."""
-    best = float("inf")
+def best_time(run: Callable[[], object], repeats: int) -> tuple[float, object]:
+    """The best of ``repeats`` timings of ``run`` and its (last) result."""
+    best, result = float("inf"), None
     for _ in range(repeats):
         start = time.perf_counter()
+        result = run()
+        best = min(best, time.perf_counter() - start)
+    return best, result
+
+
+def forward_time(model: PrototypeModel, prepared: list, repeats: int) -> float:
+    """Best of ``repeats`` timings of one ``explain`` per prepared (batch, explanation) pair."""
+
+    def passes() -> None:
         with torch.no_grad():
             for batch, _ in prepared:
                 model.explain(batch["image"])
-        best = min(best, time.perf_counter() - start)
-    return best
+
+    return best_time(passes, repeats)[0]
 
 
 def metric_time(spec: MetricSpec, model: PrototypeModel, data: Any, prepared: list) -> tuple[float, Any]:
