@@ -17,9 +17,10 @@ official code computes it (github hqhQAQ/EvalProtoPNet, ``util/eval_interpretabi
 Arithmetic. An upsampled pixel is computed as OpenCV does, separably, along x first: each source row
 is interpolated at the pixel's column, then those values at the pixel's row, in float32 with the weights
 of :func:`cubic_weights`. Each of the two 4-tap sums is one chain of fused multiply-adds in ascending
-source order (the order MKL's ``rows @ (maps @ columns.T)`` used for most shapes on the machine where this
-was written; BLAS order varies with shape and machine), which :func:`upsample` emulates exactly (:func:`_fma`) so that the values, and with them the first maximum
-among ties, do not depend on the BLAS or the device. (OpenCV's own float32 rounding differs in the last
+source order (the order MKL's ``rows @ (maps @ columns.T)`` used for most shapes on the machine where
+this was written; BLAS order varies with shape and machine), which :func:`upsample` emulates exactly
+(:func:`_fma`), so that the values, and with them the first maximum among ties, do not depend on the BLAS
+or the device. (OpenCV's own float32 rounding differs in the last
 bits, so on a near-tie within a few ulps its first hit can be a neighbouring pixel: 1 pair in 20,000 in
 ``benchmarks/region_speed.py``.)
 
