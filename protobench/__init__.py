@@ -13,7 +13,7 @@ from protobench.contract import (
     TrainData,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 hookimpl = pluggy.HookimplMarker("protobench")
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from protobench import checkpoint, harness, leaderboard
+from protobench import checkpoint, harness, leaderboard, runs
 from protobench.check import regressions
 from protobench.data.transforms import eval_transform
 from protobench.devices import resolve_device
@@ -61,11 +61,11 @@ COMMITTED_BOARDS = "leaderboards"
 
 def _board_dir(args: argparse.Namespace) -> Path:
     """Where ``run`` and ``leaderboard`` write: ``--out`` when given; the committed ``leaderboards/`` for the
-    committed configuration (the default workdir, no ``--set`` or ``--data``); else ``<workdir>/leaderboards``,
+    committed configuration (the default workdir, no ``--set``, ``--data`` or ``--costly-images``); else ``<workdir>/leaderboards``,
     so a scratch experiment never rewrites the committed board."""
     if args.out is not None:
         return Path(args.out)
-    committed = args.workdir == DEFAULT_WORKDIR and not args.set and not args.data
+    committed = args.workdir == DEFAULT_WORKDIR and not args.set and not args.data and args.costly_images is None
     return Path(COMMITTED_BOARDS) if committed else Path(args.workdir) / COMMITTED_BOARDS
 
 
@@ -122,6 +122,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     _write_board(args, _settings(args), _registry())
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    reg = _registry()
+    found = runs.inventory(Path(args.workdir), args.dataset)
+    if not found:
+        print(f"no checkpoints or results in {args.workdir}" + (f" for dataset {args.dataset!r}" if args.dataset else ""))
+        return 0
+    print(runs.describe(found, [name for name, spec in reg.metrics.items() if spec.default]))
     return 0
 
 
@@ -184,7 +194,7 @@ def parser() -> argparse.ArgumentParser:
         q.add_argument("--workdir", default=DEFAULT_WORKDIR, help=f"checkpoints and results (default: {DEFAULT_WORKDIR})")
         if leaderboard_out:
             q.add_argument("--out", default=None, help=f"leaderboard directory (default: {COMMITTED_BOARDS} for the "
-                           "default workdir without --set/--data, else <workdir>/leaderboards)")
+                           "default workdir without --set/--data/--costly-images, else <workdir>/leaderboards)")
         q.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
         q.add_argument("--batch-size", type=int, default=64, help="evaluation batch size")
         q.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
@@ -213,6 +223,10 @@ def parser() -> argparse.ArgumentParser:
     q = sub.add_parser("leaderboard", help="write leaderboards/<dataset>.md and .json from the results")
     common(q)
     q.set_defaults(func=cmd_leaderboard)
+    q = sub.add_parser("runs", help="list what a workdir holds: configurations, checkpoints, metrics done")
+    q.add_argument("--dataset", default=None, help="only this dataset (default: all)")
+    q.add_argument("--workdir", default=DEFAULT_WORKDIR, help=f"default: {DEFAULT_WORKDIR}")
+    q.set_defaults(func=cmd_runs)
     q = sub.add_parser("gallery", help="one PNG per prototype: its source patch and top activations")
     q.add_argument("--model", required=True)
     q.add_argument("--top-k", type=int, default=5)

@@ -1,8 +1,9 @@
 """Train, evaluate and run: what the CLI's commands do.
 
-Paths under ``workdir``: ``checkpoints/<dataset>/<profile>/<model>/seed<seed>/`` (safetensors +
-json) and ``results/`` (the :class:`~protobench.store.ResultStore`). A finished checkpoint is
-never retrained and a finished metric record is never recomputed.
+Paths under ``workdir``: ``checkpoints/<dataset>/<profile>/<model>/<checkpoint hash>/seed<seed>/``
+(safetensors + json) and ``results/`` (the :class:`~protobench.store.ResultStore`), keyed by the run's
+identity (:mod:`protobench.identity`). A finished checkpoint is never retrained and a finished metric
+record is never recomputed; another configuration gets its own.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from protobench.contract import EvalContext, MetricResult, MetricSpec, Prototype
 from protobench.data.transforms import eval_transform, train_transform
 from protobench.devices import barrier, init_distributed, resolve_device, seed_everything
 from protobench.gallery import write_gallery
+from protobench.identity import RunIdentity, changed_settings
 from protobench.overrides import check_overrides
 from protobench.plugins import Registry
 from protobench.progress import progress as default_progress
@@ -66,8 +68,20 @@ class Settings:
     def store(self) -> ResultStore:
         return ResultStore(Path(self.workdir) / "results")
 
-    def checkpoint_dir(self, model: str) -> Path:
-        return Path(self.workdir) / "checkpoints" / self.dataset / self.profile / model / f"seed{self.seed}"
+    def checkpoint_dir(self, identity: RunIdentity) -> Path:
+        return (Path(self.workdir) / "checkpoints" / self.dataset / self.profile / identity.model
+                / identity.checkpoint_hash / f"seed{self.seed}")
+
+    def record_key(self, identity: RunIdentity, metric: str) -> RecordKey:
+        return RecordKey(self.dataset, self.profile, identity.model, identity.run_hash, self.seed, metric)
+
+    def refuse_legacy(self, model: str) -> None:
+        """Refuse a workdir laid out before run identities (``<model>/seed<seed>/`` without a hash level)."""
+        for kind in ("checkpoints", "results"):
+            old = Path(self.workdir) / kind / self.dataset / self.profile / model / f"seed{self.seed}"
+            if old.is_dir():
+                raise ValueError(f"{old} predates run identities (protobench 0.1), so its configuration is unknown; "
+                                 f"move {self.workdir} aside (or delete it) and run again")
 
 
 def _input_size(config: dict[str, Any]) -> int | tuple[int, int]:
@@ -75,17 +89,25 @@ def _input_size(config: dict[str, Any]) -> int | tuple[int, int]:
     return size if isinstance(size, int) else tuple(size)
 
 
-def build_split(registry: Registry, settings: Settings, split: str, transform: Any) -> Dataset:
-    """A split of the settings' dataset: its profile's options, then ``--data`` (checked where the build
-    names its options as keyword parameters with defaults; a build taking ``**options`` checks its own)."""
+def dataset_options(registry: Registry, settings: Settings) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The dataset's resolved options and their defaults: the build's named keyword defaults, then the
+    profile's options (the defaults), then ``--data``. ``--data`` is checked where the build names its
+    options; a build taking ``**options`` checks its own (and has only the profile's options as defaults)."""
     spec = registry.dataset(settings.dataset)
     parameters = inspect.signature(spec.build).parameters.values()
+    named = {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty
+             and p.kind is not inspect.Parameter.VAR_KEYWORD}
+    named.pop("transform", None)
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
-        named = {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
-        named.pop("transform", None)
         check_overrides(named, settings.dataset_options, "--data", f"dataset {settings.dataset!r}")
-    options = {**spec.profiles.get(settings.profile, {}), **settings.dataset_options}
-    return spec.build(settings.root, split, transform, **options)
+    defaults = {**named, **spec.profiles.get(settings.profile, {})}
+    return {**defaults, **settings.dataset_options}, defaults
+
+
+def build_split(registry: Registry, settings: Settings, split: str, transform: Any) -> Dataset:
+    """A split of the settings' dataset with its resolved options (:func:`dataset_options`)."""
+    options, _ = dataset_options(registry, settings)
+    return registry.dataset(settings.dataset).build(settings.root, split, transform, **options)
 
 
 #: The contract's profiles (DESIGN.md, ``ModelSpec.profiles``): every command accepts them.
@@ -103,14 +125,22 @@ def check_profile(registry: Registry, settings: Settings) -> None:
         raise ValueError(f"unknown profile {settings.profile!r}; known: {', '.join(sorted(known))}")
 
 
-def model_config(registry: Registry, model: str, settings: Settings, num_classes: int) -> dict[str, Any]:
-    """The model's config for ``settings``: its profile, then ``--set`` overrides (known keys, fitting types)."""
+def identity(registry: Registry, model: str, settings: Settings) -> RunIdentity:
+    """The run identity of ``model`` under ``settings``: the profile's config, then ``--set`` (known keys,
+    fitting types; ``num_classes`` comes from the dataset at training), and the resolved dataset options."""
     check_profile(registry, settings)
-    config = registry.model(model).config(settings.profile)
-    check_overrides(config, settings.model_overrides, "--set", f"model {model!r}")
-    config.update(settings.model_overrides)
-    config["num_classes"] = num_classes
-    return config
+    settings.refuse_legacy(model)
+    defaults = registry.model(model).config(settings.profile)
+    defaults.pop("num_classes", None)
+    check_overrides(defaults, settings.model_overrides, "--set", f"model {model!r}")
+    config = {**defaults, **settings.model_overrides}
+    options, option_defaults = dataset_options(registry, settings)
+    changed = {**changed_settings(config, defaults), **changed_settings(options, option_defaults, "data.")}
+    if settings.costly_limit != COSTLY_IMAGES.get(settings.profile, 0):
+        changed["costly_images"] = settings.costly_limit
+    return RunIdentity(dataset=settings.dataset, dataset_options=options, model=model, config=config,
+                       profile=settings.profile, costly_images=settings.costly_limit, version=__version__,
+                       changed=changed)
 
 
 def train(registry: Registry, model: str, settings: Settings, progress: Any = default_progress) -> Path:
@@ -119,8 +149,9 @@ def train(registry: Registry, model: str, settings: Settings, progress: Any = de
     if spec.train is None:
         raise ValueError(f"model {model!r} is eval-only (its plugin gives no training recipe)")
     device = resolve_device(settings.device)
+    run_identity = identity(registry, model, settings)
     probe = build_split(registry, settings, "test", None)
-    config = resolve_weights(model_config(registry, model, settings, probe.num_classes), settings.workdir,
+    config = resolve_weights({**run_identity.config, "num_classes": probe.num_classes}, settings.workdir,
                              device, progress)
     # seeded after the stand-in is resolved, so a model trains alike whether or not the stand-in was cached
     seed_everything(settings.seed)
@@ -138,9 +169,9 @@ def train(registry: Registry, model: str, settings: Settings, progress: Any = de
     start = time.perf_counter()
     net = spec.train(net, data, config, progress)
     seconds = time.perf_counter() - start
-    directory = settings.checkpoint_dir(model)
+    directory = settings.checkpoint_dir(run_identity)
     info = {"train_seconds": round(seconds, 1), "device": str(device), "seed": settings.seed,
-            "dataset": settings.dataset, "profile": settings.profile, "protobench": __version__}
+            "identity": run_identity.training(), "settings": dict(run_identity.changed)}
     checkpoint.save(net, model, directory, info)
     return directory
 
@@ -173,9 +204,11 @@ def load_trained(
     registry: Registry, model: str, settings: Settings, device: torch.device
 ) -> tuple[PrototypeModel, dict[str, Any]]:
     """The trained model of ``settings`` and its checkpoint metadata."""
-    directory = settings.checkpoint_dir(model)
+    run_identity = identity(registry, model, settings)
+    directory = settings.checkpoint_dir(run_identity)
     if not checkpoint.exists(directory):
-        raise FileNotFoundError(f"no checkpoint for model {model!r} in {directory}; run `protobench train` first")
+        raise FileNotFoundError(f"no checkpoint for model {run_identity.label!r} in {directory}; "
+                                "run `protobench train` first")
     return checkpoint.load(directory, registry, device), checkpoint.read_meta(directory)
 
 
@@ -221,7 +254,8 @@ def evaluate(
     store = settings.store
     names = metrics or sorted(name for name, spec in registry.metrics.items() if spec.default)
     specs = [registry.metric(n) for n in names]
-    key = lambda name: RecordKey(settings.dataset, settings.profile, model, settings.seed, name)
+    run_identity = identity(registry, model, settings)
+    key = lambda name: settings.record_key(run_identity, name)
     todo = [s for s in specs if not store.has(key(s.name))]
     if todo:
         device = resolve_device(settings.device)
@@ -242,6 +276,10 @@ def evaluate(
                     "higher_is_better": spec.higher_is_better,
                     "paper": spec.paper,
                     "model_info": info,
+                    "label": run_identity.label,
+                    "settings": dict(run_identity.changed),
+                    "identity": run_identity.as_dict(),
+                    "checkpoint": run_identity.checkpoint_hash,
                     "protobench": __version__,
                     "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 })
@@ -329,13 +367,11 @@ def run(
 
     Every model's profile and overrides are checked before anything trains.
     """
-    for model in models:
-        if not checkpoint.exists(settings.checkpoint_dir(model)):
-            model_config(registry, model, settings, num_classes=0)
+    identities = {model: identity(registry, model, settings) for model in models}
     device = resolve_device(settings.device)
     rank, _ = init_distributed(device)
     for model in models:
-        if rank == 0 and not checkpoint.exists(settings.checkpoint_dir(model)):
+        if rank == 0 and not checkpoint.exists(settings.checkpoint_dir(identities[model])):
             train(registry, model, settings, progress)
         barrier()
         evaluate(registry, model, settings, metrics, progress)
@@ -357,20 +393,21 @@ def gallery(
     """
     device = resolve_device(settings.device)
     net, _ = load_trained(registry, model, settings, device)
+    run_identity = identity(registry, model, settings)
     if net.num_prototypes == 0:
         raise ValueError(f"model {model!r} has no prototypes, so it has no gallery")
     transform = eval_transform(_input_size(net.config))
     test = build_split(registry, settings, "test", transform)
     push = build_split(registry, settings, "train", transform)
     verdicts = {}
-    key = RecordKey(settings.dataset, settings.profile, model, settings.seed, "consistency")
+    key = settings.record_key(run_identity, "consistency")
     if settings.store.has(key) and settings.store.get(key)["value"] is not None:
         per = settings.store.get(key)["detail"]["per_prototype"]
         for p, (ok, part, freq) in enumerate(zip(per["consistent"], per["part"], per["max_part_frequency"])):
             found = f"{part} in {freq:.0%} of its class's images" if freq > 0 else "no part in its region"
             verdicts[p] = f"{'consistent' if ok else 'inconsistent'}: {found}"
     influences = {}
-    key = RecordKey(settings.dataset, settings.profile, model, settings.seed, "because")
+    key = settings.record_key(run_identity, "because")
     if settings.store.has(key) and settings.store.get(key)["value"] is not None:
         detail = settings.store.get(key)["detail"]
         per = detail["per_prototype"]

@@ -1,6 +1,8 @@
 """Leaderboard tables: ``leaderboards/<dataset>.md`` (pandas + tabulate) and the same numbers as json.
 
-A row is a (model, profile); a metric's value is the mean over the seeds that have it. A metric
+A row is a configuration: (model, profile, run identity; see :mod:`protobench.identity`), named by the model
+and the settings that differ from the profile's (``protopnet [output_stride=8]``), with the full identity in
+the json; a metric's value is the mean over the seeds that have it. A metric
 that does not apply to a model shows as ``n/a``, never as 0; one not computed shows as ``—``. The
 markdown has one table per metric group (``MetricSpec.group``): the models with their accuracy first,
 then interpretability, faithfulness, robustness and other metrics. Reference rows (``ModelSpec.reference``:
@@ -46,12 +48,13 @@ def _is_reference(model: str, registry: Registry | None) -> bool:
 
 def table(store: ResultStore, dataset: str, registry: Registry | None = None) -> dict[str, Any]:
     """The leaderboard of ``dataset`` as a json-serialisable dict."""
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
     for record in store.records(dataset):
-        groups[(record["model"], record["profile"])].append(record)
+        groups[(record["model"], record["profile"], record["run"])].append(record)
     metric_names = set(registry.metrics) if registry else set()
     rows = []
-    for (model, profile), records in sorted(groups.items(), key=lambda kv: (_is_reference(kv[0][0], registry), kv[0])):
+    order = lambda kv: (_is_reference(kv[0][0], registry), kv[0][0], kv[0][1], kv[1][-1].get("label", ""))
+    for (model, profile, run), records in sorted(groups.items(), key=order):
         info = records[-1]["model_info"]
         by_metric: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for r in records:
@@ -70,7 +73,11 @@ def table(store: ResultStore, dataset: str, registry: Registry | None = None) ->
             metrics[name] = entry
         rows.append({
             "model": model,
+            "label": records[-1].get("label", model),
+            "settings": records[-1].get("settings", {}),
             "profile": profile,
+            "run": run,
+            "identity": records[-1].get("identity"),
             "reference": _is_reference(model, registry),
             "backbone": info.get("backbone"),
             "parameters": info.get("parameters"),
@@ -81,6 +88,11 @@ def table(store: ResultStore, dataset: str, registry: Registry | None = None) ->
     sections = _grouped(metric_names, registry)
     return {"dataset": dataset, "metrics": [m for ms in sections.values() for m in ms], "groups": sections,
             "rows": rows}
+
+
+def row_label(row: dict[str, Any]) -> str:
+    """A leaderboard row's name: the model with its non-default settings (rows of older boards: the model)."""
+    return row.get("label") or row["model"]
 
 
 def _cell(entry: dict[str, Any] | None) -> str:
@@ -95,7 +107,7 @@ def _cell(entry: dict[str, Any] | None) -> str:
 def _frame(data: dict[str, Any], names: list[str], overview: bool) -> str:
     frame = pd.DataFrame([
         {
-            "model": f"{row['model']} {REFERENCE_MARK}" if row.get("reference") else row["model"],
+            "model": f"{row_label(row)} {REFERENCE_MARK}" if row.get("reference") else row_label(row),
             "profile": row["profile"],
             **({
                 "backbone": row["backbone"],
@@ -122,6 +134,9 @@ def markdown(data: dict[str, Any], registry: Registry | None = None) -> str:
         if group != "accuracy":
             lines += [f"## {group}", "", _frame(data, names, overview=False), ""]
     lines += [f"`{NOT_APPLICABLE}`: the metric does not apply to the model; `{MISSING}`: not computed.", ""]
+    if any(row.get("settings") for row in data["rows"]):
+        lines += ["A row named `model [key=value, ...]` ran with settings that differ from its profile's (model "
+                  "config keys; `data.` for dataset options); the json holds every row's full configuration.", ""]
     if any(row.get("reference") for row in data["rows"]):
         lines += [(f"Rows marked `{REFERENCE_MARK}` are calibration rows, not ranked: they show how high and how "
                    "low each column can go on this dataset (the part-supervised model sees keypoints in training; "

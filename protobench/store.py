@@ -1,4 +1,7 @@
-"""The results store: one json file per (dataset, profile, model, seed, metric) record.
+"""The results store: one json file per (dataset, profile, model, run, seed, metric) record.
+
+``run`` is the run identity's hash (:mod:`protobench.identity`): records of two configurations of one model
+never share a path.
 
 Each record is written atomically (see :mod:`protobench.atomic`) the moment its metric is
 computed, so a killed run loses at most the metrics of the pass in flight, and a re-run skips
@@ -25,18 +28,19 @@ class RecordKey:
     dataset: str
     profile: str
     model: str
+    run: str  # RunIdentity.run_hash
     seed: int
     metric: str
 
 
 class ResultStore:
-    """Records under ``root/<dataset>/<profile>/<model>/seed<seed>/<metric>.json``."""
+    """Records under ``root/<dataset>/<profile>/<model>/<run>/seed<seed>/<metric>.json``."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
 
     def path(self, key: RecordKey) -> Path:
-        return self.root / key.dataset / key.profile / key.model / f"seed{key.seed}" / f"{key.metric}.json"
+        return self.root / key.dataset / key.profile / key.model / key.run / f"seed{key.seed}" / f"{key.metric}.json"
 
     def has(self, key: RecordKey) -> bool:
         return self.path(key).is_file()
@@ -51,7 +55,12 @@ class ResultStore:
         """Every record (of ``dataset``, if given), in a stable order."""
         base = self.root / dataset if dataset else self.root
         for path in sorted(base.glob("**/seed*/*.json")):
-            yield _read(path)
+            record = _read(path)
+            if "run" not in record:
+                raise StoreError(f"result record {path} predates run identities (protobench 0.1), so its "
+                                 f"configuration is unknown; move {self.root} and the checkpoints beside it aside "
+                                 "(or delete them) and run again")
+            yield record
 
 
 def _read(path: Path) -> dict[str, Any]:

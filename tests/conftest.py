@@ -60,10 +60,10 @@ TOY_PLUGIN = textwrap.dedent('''
         """Class k is an image of colour channel k plus noise."""
         num_classes = 3
 
-        def __init__(self, split, transform):
+        def __init__(self, split, transform, n=24):
             self.transform = transform
             self.generator_seed = 0 if split == "train" else 1
-            self.n = 24
+            self.n = n
 
         def __len__(self):
             return self.n
@@ -113,7 +113,7 @@ TOY_PLUGIN = textwrap.dedent('''
 
     @hookimpl
     def protobench_datasets():
-        return [DatasetSpec(name="colours", build=lambda root, split, transform: ColourSquares(split, transform))]
+        return [DatasetSpec(name="colours", build=lambda root, split, transform, n=24: ColourSquares(split, transform, n))]
 
     @hookimpl
     def protobench_metrics():

@@ -22,6 +22,12 @@ from protobench.plugins import Registry
 RUN = ("run", "--dataset", "colours", "--models", "toy_a,toy_b", "--batch-size", "8")
 
 
+def _results(cwd, model: str, seed: int = 0):
+    """The one results directory of ``model``'s default configuration (``<model>/<run hash>/seed<seed>``)."""
+    (found,) = (cwd / ".protobench/results/colours/quick" / model).glob(f"*/seed{seed}")
+    return found
+
+
 def _records(cwd):
     return sorted(p.relative_to(cwd / ".protobench" / "results").as_posix()
                   for p in (cwd / ".protobench" / "results").glob("**/*.json"))
@@ -80,8 +86,8 @@ def test_killed_during_second_training_keeps_the_first_model(toy_cli):
 
 def test_killed_during_a_metric_keeps_the_metrics_before_it(toy_cli):
     _kill_when(toy_cli, "compute counted toy_a", hang="counted")
-    assert "colours/quick/toy_a/seed0/needs_protos.json" not in _records(toy_cli.cwd)  # after counted
-    hits = toy_cli.cwd / ".protobench/results/colours/quick/toy_a/seed0/hits.json"
+    assert not any("toy_a/" in r and r.endswith("/needs_protos.json") for r in _records(toy_cli.cwd))  # after counted
+    hits = _results(toy_cli.cwd, "toy_a") / "hits.json"
     assert not hits.exists() or json.loads(hits.read_text())["value"] == 1.0
     assert toy_cli(*RUN).returncode == 0
     log = toy_cli.log.read_text().splitlines()
@@ -133,7 +139,7 @@ def test_user_errors_are_one_line(toy_cli):
 
 def test_torchrun_sharded_eval_equals_single_process(toy_cli):
     assert toy_cli(*RUN).returncode == 0
-    single = json.loads((toy_cli.cwd / ".protobench/results/colours/quick/toy_a/seed0/hits.json").read_text())
+    single = json.loads((_results(toy_cli.cwd, "toy_a") / "hits.json").read_text())
     for record in (toy_cli.cwd / ".protobench/results").glob("**/hits.json"):
         record.unlink()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
@@ -141,10 +147,10 @@ def test_torchrun_sharded_eval_equals_single_process(toy_cli):
            "--batch-size", "5"]
     done = subprocess.run(cmd, check=False, cwd=toy_cli.cwd, env=toy_cli.env, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-2000:]
-    sharded = json.loads((toy_cli.cwd / ".protobench/results/colours/quick/toy_a/seed0/hits.json").read_text())
+    sharded = json.loads((_results(toy_cli.cwd, "toy_a") / "hits.json").read_text())
     assert sharded["detail"]["total"] == single["detail"]["total"] == 24
     assert sharded["value"] == single["value"]
-    (toy_cli.cwd / ".protobench/results/colours/quick/toy_a/seed0/counted.json").unlink()
+    (_results(toy_cli.cwd, "toy_a") / "counted.json").unlink()
     refused = subprocess.run(cmd[:-4] + ["--metrics", "counted"], check=False, cwd=toy_cli.cwd, env=toy_cli.env,
                              capture_output=True, text=True, timeout=180)
     assert refused.returncode != 0 and "metric 'counted' cannot be reduced across 2 processes" in refused.stderr
@@ -160,12 +166,13 @@ def test_gallery_command_refuses_a_model_without_prototypes(toy_cli):
 
 def test_costly_metrics_see_a_subset_and_optional_ones_run_when_named(toy_cli):
     assert toy_cli(*RUN, "--costly-images", "5").returncode == 0  # 24 test images, 3 classes: 0, 1, ..., 4
-    results = toy_cli.cwd / ".protobench/results/colours/quick/toy_a/seed0"
+    results = _results(toy_cli.cwd, "toy_a")
     costly = json.loads((results / "costly_hits.json").read_text())
     assert costly["detail"]["total"] == 5 and costly["test_images"] == 5
     assert json.loads((results / "hits.json").read_text())["detail"]["total"] == 24
     assert not (results / "optional_hits.json").exists()
-    done = toy_cli("eval", "--dataset", "colours", "--model", "toy_a", "--metrics", "optional_hits")
+    done = toy_cli("eval", "--dataset", "colours", "--model", "toy_a", "--metrics", "optional_hits",
+                   "--costly-images", "5")
     assert done.returncode == 0 and (results / "optional_hits.json").exists()
 
 
@@ -297,3 +304,84 @@ def test_a_run_elsewhere_or_with_overrides_writes_its_board_under_its_workdir(to
     done = toy_cli("leaderboard", "--dataset", "colours")
     assert done.returncode == 0 and (toy_cli.cwd / "leaderboards/colours.json").is_file()
     assert "leaderboard written to leaderboards/colours.md" in done.stdout
+
+
+def test_overrides_and_data_options_train_their_own_models_and_leave_the_default_untouched(toy_cli):
+    assert toy_cli(*RUN).returncode == 0
+    default = {p: (toy_cli.cwd / ".protobench/results" / p).stat().st_mtime_ns for p in _records(toy_cli.cwd)}
+    board = (toy_cli.cwd / "leaderboards/colours.md").read_bytes()
+    for extra in (("--set", "input_size=4"), ("--data", "n=12")):
+        done = toy_cli("run", "--dataset", "colours", "--models", "toy_a", *extra)
+        assert done.returncode == 0, done.stderr
+    log = toy_cli.log.read_text().splitlines()
+    assert log.count("train toy_a") == 3 and log.count("compute counted toy_a") == 3
+    assert all((toy_cli.cwd / ".protobench/results" / p).stat().st_mtime_ns == t for p, t in default.items())
+    assert (toy_cli.cwd / "leaderboards/colours.md").read_bytes() == board  # the committed board: untouched
+    table = json.loads((toy_cli.cwd / ".protobench/leaderboards/colours.json").read_text())
+    rows = {row["label"]: row for row in table["rows"]}
+    assert set(rows) == {"toy_a", "toy_b", "toy_a [input_size=4]", "toy_a [data.n=12]"}
+    assert rows["toy_a [data.n=12]"]["metrics"]["counted"]["value"] == 12.0  # its own dataset, not the default's
+    assert rows["toy_a [data.n=12]"]["identity"]["dataset_options"] == {"n": 12}
+    assert rows["toy_a [input_size=4]"]["identity"]["config"]["input_size"] == 4
+    assert rows["toy_a"]["settings"] == {} and rows["toy_a"]["identity"]["config"]["input_size"] == 8
+    md = (toy_cli.cwd / ".protobench/leaderboards/colours.md").read_text()
+    assert "| toy_a [input_size=4] " in md and "settings that differ from its profile's" in md
+    # the same configurations again: every checkpoint and record is found, nothing recomputed
+    before = toy_cli.log.read_text()
+    assert toy_cli(*RUN).returncode == 0
+    assert toy_cli("run", "--dataset", "colours", "--models", "toy_a", "--set", "input_size=4").returncode == 0
+    assert toy_cli("run", "--dataset", "colours", "--models", "toy_a", "--set", "input_size=8").returncode == 0
+    assert toy_cli.log.read_text() == before  # an override equal to the default is the default configuration
+
+
+def test_costly_images_get_their_own_records_from_the_same_checkpoint(toy_cli):
+    assert toy_cli(*RUN).returncode == 0
+    default = json.loads((_results(toy_cli.cwd, "toy_a") / "costly_hits.json").read_text())
+    done = toy_cli("run", "--dataset", "colours", "--models", "toy_a", "--costly-images", "5")
+    assert done.returncode == 0, done.stderr
+    assert toy_cli.log.read_text().splitlines().count("train toy_a") == 1  # evaluation only: same checkpoint
+    table = json.loads((toy_cli.cwd / ".protobench/leaderboards/colours.json").read_text())
+    rows = {row["label"]: row for row in table["rows"]}
+    assert rows["toy_a [costly_images=5]"]["run"] != rows["toy_a"]["run"]
+    assert rows["toy_a [costly_images=5]"]["metrics"]["hits"]["value"] == 1.0
+    assert rows["toy_a"]["metrics"]["costly_hits"]["value"] == default["value"]
+    default_dir = toy_cli.cwd / ".protobench/results/colours/quick/toy_a" / rows["toy_a"]["run"] / "seed0"
+    assert json.loads((default_dir / "costly_hits.json").read_text()) == default
+    five = toy_cli.cwd / ".protobench/results/colours/quick/toy_a" / rows["toy_a [costly_images=5]"]["run"] / "seed0"
+    assert json.loads((five / "costly_hits.json").read_text())["test_images"] == 5
+
+
+def test_runs_lists_configurations_checkpoints_and_metrics(toy_cli):
+    assert toy_cli(*RUN).returncode == 0
+    assert toy_cli("train", "--dataset", "colours", "--model", "toy_b", "--set", "input_size=4").returncode == 0
+    (_results(toy_cli.cwd, "toy_a") / "hits.json").unlink()
+    done = toy_cli("runs")
+    assert done.returncode == 0, done.stderr
+    text = done.stdout
+    assert "colours quick toy_a seed 0\n  checkpoint: .protobench/checkpoints/colours/quick/toy_a/" in text
+    assert "  default metrics not done: hits\n" in text
+    assert "colours quick toy_b [input_size=4] seed 0\n" in text and "results: none (not evaluated)" in text
+    assert toy_cli("runs", "--workdir", "empty").stdout.startswith("no checkpoints or results in empty")
+
+
+def test_a_workdir_from_before_run_identities_is_refused_in_one_line(toy_cli):
+    old = toy_cli.cwd / ".protobench/results/colours/quick/toy_a/seed0"
+    old.mkdir(parents=True)
+    (old / "hits.json").write_text(json.dumps({"value": 1.0, "model": "toy_a", "profile": "quick", "seed": 0}))
+    for args in (RUN, ("leaderboard", "--dataset", "colours"), ("runs",)):
+        done = toy_cli(*args)
+        assert done.returncode == 2 and "predates run identities" in done.stderr, args
+        assert "move .protobench" in done.stderr and "Traceback" not in done.stderr
+    assert not (toy_cli.cwd / ".protobench/checkpoints").exists()  # refused before anything trained
+
+
+def test_check_matches_rows_by_their_settings(toy_cli):
+    assert toy_cli("run", "--dataset", "colours", "--models", "toy_a", "--set", "input_size=4").returncode == 0
+    board = json.loads((toy_cli.cwd / ".protobench/leaderboards/colours.json").read_text())
+    (toy_cli.cwd / "base.json").write_text(json.dumps(board))
+    assert toy_cli("check", "--dataset", "colours", "--baseline", "base.json").returncode == 0
+    board["rows"][0]["settings"] = {"input_size": 6}
+    board["rows"][0]["label"] = "toy_a [input_size=6]"
+    (toy_cli.cwd / "base.json").write_text(json.dumps(board))
+    done = toy_cli("check", "--dataset", "colours", "--baseline", "base.json")
+    assert done.returncode == 1 and "REGRESSION toy_a [input_size=6] (quick): missing from the current results" in done.stdout

@@ -280,7 +280,7 @@ def test_cli_explain_prints_and_draws_the_decision_path(tmp_path, capsys, monkey
     torch.manual_seed(6)
     model = ProtoTree(tiny_config(num_classes=24, input_size=32)).eval()
     settings = harness.Settings(workdir=tmp_path)
-    checkpoint.save(model, "prototree", settings.checkpoint_dir("prototree"))
+    checkpoint.save(model, "prototree", settings.checkpoint_dir(harness.identity(registry(), "prototree", settings)))
     out = tmp_path / "path.png"
     common = ["--model", "prototree", "--workdir", str(tmp_path), "--device", "cpu"]
     assert cli.main(["explain", *common, "--index", "3", "--out", str(out)]) == 0
@@ -314,14 +314,13 @@ def test_gallery_reads_stored_consistency_and_because_records(tmp_path, monkeypa
     """``harness.gallery`` turns the stored records into each prototype's verdict and "because" influences."""
     from protobench import harness
     from protobench.because import CHARACTERISTICS
-    from protobench.store import RecordKey
-
     torch.manual_seed(6)
     model = ProtoTree(tiny_config(num_classes=24, input_size=32)).eval()
     settings = harness.Settings(workdir=tmp_path, device="cpu", dataset_options={"images_per_class": 4})
-    checkpoint.save(model, "prototree", settings.checkpoint_dir("prototree"))
+    run = harness.identity(registry(), "prototree", settings)
+    checkpoint.save(model, "prototree", settings.checkpoint_dir(run))
     p = model.num_prototypes
-    key = lambda metric: RecordKey("synthbirds", "quick", "prototree", 0, metric)
+    key = lambda metric: settings.record_key(run, metric)
     influence = {name: [0.1 * (i + 1) + p_ for p_ in range(p)] for i, name in enumerate(CHARACTERISTICS)}
     settings.store.put(key("because"), {"value": 0.5, "detail": {"characteristics": list(CHARACTERISTICS),
                                                                  "per_prototype": influence}})

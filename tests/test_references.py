@@ -124,7 +124,7 @@ def test_random_row_stays_at_the_floor(calibration) -> None:
 def test_leaderboard_marks_references_and_lists_them_last(tmp_path) -> None:
     store = ResultStore(tmp_path)
     for model in ("part_supervised", "protopnet", "baseline"):  # alphabetically, the reference would come 2nd
-        store.put(RecordKey("synthbirds", "quick", model, 0, "accuracy"),
+        store.put(RecordKey("synthbirds", "quick", model, "run0", 0, "accuracy"),
                   {"value": 0.5, "higher_is_better": True, "model_info": {"backbone": "b", "parameters": 1}})
     data = leaderboard.table(store, "synthbirds", registry())
     assert [(r["model"], r["reference"]) for r in data["rows"]] == [

@@ -13,7 +13,7 @@ from protobench.store import RecordKey, ResultStore, StoreError
 
 
 def _put(store, model, metric, seed, value, higher=True, reason=None):
-    store.put(RecordKey("ds", "quick", model, seed, metric), {
+    store.put(RecordKey("ds", "quick", model, "run0", seed, metric), {
         "value": value, "detail": {}, "higher_is_better": higher, "not_applicable": reason,
         "model_info": {"backbone": "b", "parameters": 2_000_000, "prototypes": 0},
     })
@@ -21,7 +21,7 @@ def _put(store, model, metric, seed, value, higher=True, reason=None):
 
 def test_store_round_trip_and_corrupt_record(tmp_path):
     store = ResultStore(tmp_path)
-    key = RecordKey("ds", "quick", "m", 0, "accuracy")
+    key = RecordKey("ds", "quick", "m", "run0", 0, "accuracy")
     assert not store.has(key)
     _put(store, "m", "accuracy", 0, 0.5)
     assert store.has(key) and store.get(key)["value"] == 0.5 and store.get(key)["metric"] == "accuracy"
