@@ -135,8 +135,8 @@ def markdown(data: dict[str, Any], registry: Registry | None = None) -> str:
             lines += [f"## {group}", "", _frame(data, names, overview=False), ""]
     lines += [f"`{NOT_APPLICABLE}`: the metric does not apply to the model; `{MISSING}`: not computed.", ""]
     if any(row.get("settings") for row in data["rows"]):
-        lines += ["A row named `model [key=value, ...]` ran with settings that differ from its profile's (model "
-                  "config keys; `data.` for dataset options); the json holds every row's full configuration.", ""]
+        lines += [("A row named `model [key=value, ...]` ran with settings that differ from its profile's (model "
+                   "config keys; `data.` for dataset options); the json holds every row's full configuration."), ""]
     if any(row.get("reference") for row in data["rows"]):
         lines += [(f"Rows marked `{REFERENCE_MARK}` are calibration rows, not ranked: they show how high and how "
                    "low each column can go on this dataset (the part-supervised model sees keypoints in training; "
