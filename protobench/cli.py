@@ -166,6 +166,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     settings = _settings(args)
     device = resolve_device(settings.device)
     net, _ = harness.load_trained(reg, args.model, settings, device)
+    if net.num_prototypes == 0:
+        raise ValueError(f"model {args.model!r} has no prototypes, so it has no prototype explanation")
     if not hasattr(net, "describe"):
         raise ValueError(f"model {args.model!r} cannot explain a single image (it has no describe method)")
     transform = eval_transform(net.input_size)

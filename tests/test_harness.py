@@ -156,12 +156,14 @@ def test_torchrun_sharded_eval_equals_single_process(toy_cli):
     assert refused.returncode != 0 and "metric 'counted' cannot be reduced across 2 processes" in refused.stderr
 
 
-def test_gallery_command_refuses_a_model_without_prototypes(toy_cli):
+def test_gallery_and_explain_refuse_a_model_without_prototypes(toy_cli):
     assert toy_cli("train", "--dataset", "colours", "--model", "toy_a").returncode == 0
     done = toy_cli("gallery", "--dataset", "colours", "--model", "toy_a")
     assert done.returncode == 2
     assert "model 'toy_a' has no prototypes, so it has no gallery" in done.stderr
     assert not (toy_cli.cwd / "galleries").exists()
+    done = toy_cli("explain", "--dataset", "colours", "--model", "toy_a", "--index", "0")
+    assert done.returncode == 2 and "model 'toy_a' has no prototypes, so it has no prototype explanation" in done.stderr
 
 
 def test_costly_metrics_see_a_subset_and_optional_ones_run_when_named(toy_cli):
@@ -316,6 +318,7 @@ def test_overrides_and_data_options_train_their_own_models_and_leave_the_default
     log = toy_cli.log.read_text().splitlines()
     assert log.count("train toy_a") == 3 and log.count("compute counted toy_a") == 3
     assert all((toy_cli.cwd / ".protobench/results" / p).stat().st_mtime_ns == t for p, t in default.items())
+    assert toy_cli(*RUN, "--workdir", "scratch").returncode == 0
     assert (toy_cli.cwd / "leaderboards/colours.md").read_bytes() == board  # the committed board: untouched
     table = json.loads((toy_cli.cwd / ".protobench/leaderboards/colours.json").read_text())
     rows = {row["label"]: row for row in table["rows"]}

@@ -288,7 +288,9 @@ def test_cli_explain_prints_and_draws_the_decision_path(tmp_path, capsys, monkey
     assert "greedy decision path of image #3" in printed and "leaf " in printed and out.stat().st_size > 0
     assert cli.main(["explain", *common, "--index", "100000"]) == 2
     assert "outside the test split" in capsys.readouterr().err
-    monkeypatch.setattr(harness, "load_trained", lambda *args: (nn.Identity(), {}))
+    plain = nn.Identity()
+    plain.num_prototypes = 1  # a prototype model without describe
+    monkeypatch.setattr(harness, "load_trained", lambda *args: (plain, {}))
     assert cli.main(["explain", *common, "--index", "3"]) == 2
     assert "has no describe method" in capsys.readouterr().err
 
