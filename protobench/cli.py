@@ -114,10 +114,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not models:
         raise PluginError("no model plugins are registered (see `protobench plugins`)")
     metrics = args.metrics.split(",") if args.metrics else None
-    harness.run(reg, models, settings, metrics)
+    failed = harness.run(reg, models, settings, metrics)
     if int(os.environ.get("RANK", "0")) == 0:
         _write_board(args, settings, reg)
-    return 0
+    for line in failed:
+        print(f"protobench: error: {line}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:

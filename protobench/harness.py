@@ -22,6 +22,7 @@ import torchmetrics
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from protobench import __version__, checkpoint
+from protobench.conformance import ContractError, problems
 from protobench.contract import EvalContext, MetricResult, MetricSpec, PrototypeModel, TrainData
 from protobench.data.transforms import eval_transform, train_transform
 from protobench.devices import barrier, init_distributed, resolve_device, seed_everything
@@ -132,6 +133,9 @@ def identity(registry: Registry, model: str, settings: Settings) -> RunIdentity:
     settings.refuse_legacy(model)
     defaults = registry.model(model).config(settings.profile)
     defaults.pop("num_classes", None)
+    if "input_size" not in defaults:  # the dataset knows its resolution
+        image = build_split(registry, settings, "test", None)[0]["image"]
+        defaults["input_size"] = list(image.shape[-2:])
     check_overrides(defaults, settings.model_overrides, "--set", f"model {model!r}")
     config = {**defaults, **settings.model_overrides}
     options, option_defaults = dataset_options(registry, settings)
@@ -166,6 +170,10 @@ def train(registry: Registry, model: str, settings: Settings, progress: Any = de
         num_workers=settings.num_workers,
     )
     net = spec.build(config).to(device)
+    found = problems(net, probe.num_classes)
+    if found:
+        owner = registry.owners.get(("models", model), "?")
+        raise ContractError("\n".join(f"model {model!r} of plugin {owner} {line}" for line in found))
     start = time.perf_counter()
     net = spec.train(net, data, config, progress)
     seconds = time.perf_counter() - start
@@ -362,19 +370,30 @@ def run(
     settings: Settings,
     metrics: list[str] | None = None,
     progress: Any = default_progress,
-) -> None:
-    """Train every model that has no checkpoint yet, then evaluate it.
+) -> list[str]:
+    """Train every model that has no checkpoint yet, then evaluate it; returns one line per failed model.
 
-    Every model's profile and overrides are checked before anything trains.
+    Every model's profile and overrides are checked before anything trains. In a single process, a model whose
+    plugin raises (in build, the contract check, training or evaluation) is recorded as failed with its message
+    and the other models go on; under torchrun the error stops the run (the other processes wait for it).
     """
     identities = {model: identity(registry, model, settings) for model in models}
     device = resolve_device(settings.device)
-    rank, _ = init_distributed(device)
+    rank, world = init_distributed(device)
+    failed = []
     for model in models:
-        if rank == 0 and not checkpoint.exists(settings.checkpoint_dir(identities[model])):
-            train(registry, model, settings, progress)
-        barrier()
-        evaluate(registry, model, settings, metrics, progress)
+        try:
+            if rank == 0 and not checkpoint.exists(settings.checkpoint_dir(identities[model])):
+                train(registry, model, settings, progress)
+            barrier()
+            evaluate(registry, model, settings, metrics, progress)
+        except Exception as exc:
+            if world > 1:
+                raise
+            owner = registry.owners.get(("models", model), "?")
+            message = str(exc) if isinstance(exc, ContractError) else f"{type(exc).__name__}: {exc}"
+            failed.append(f"{identities[model].label} (plugin {owner}) failed: {message}")
+    return failed
 
 
 def gallery(

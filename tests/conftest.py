@@ -28,6 +28,11 @@ TOY_PLUGIN = textwrap.dedent('''
             with open(path, "a") as f:
                 f.write(line + "\\n")
 
+    def fault(name):
+        """TOY_FAIL=<model>:<fault> plants a fault in one model: train (raises), logits (wrong shape)."""
+        model, _, what = os.environ.get("TOY_FAIL", "").partition(":")
+        return what if model == name else ""
+
     class Toy(PrototypeModel):
         def __init__(self, config):
             super().__init__()
@@ -36,15 +41,21 @@ TOY_PLUGIN = textwrap.dedent('''
             self.input_size = (config["input_size"], config["input_size"])
             self.head = nn.Linear(3, self.num_classes)
             self.register_buffer("prototype_classes", torch.zeros(0, dtype=torch.long))
+            self.register_buffer("trained", torch.zeros(()))  # nan=true: the trained model diverged
+            self.fault = fault(config["name"])
 
         def explain(self, x):
             logits = self.head(x.mean(dim=(2, 3)))
-            if self.config.get("nan"):
+            if self.fault == "logits":
+                logits = logits[:, :2]
+            if self.config.get("nan") and self.trained:
                 logits = logits * float("nan")
             return Explanation(logits=logits, similarities=x.new_zeros(len(x), 0, 1, 1))
 
     def train(model, data, config, progress):
         log(f"train {config['name']}")
+        if fault(config["name"]) == "train":
+            raise RuntimeError("boom in training")
         if os.environ.get("TOY_HANG") == config["name"]:
             time.sleep(600)
         opt = torch.optim.SGD(model.parameters(), lr=1.0)
@@ -54,6 +65,7 @@ TOY_PLUGIN = textwrap.dedent('''
                 opt.zero_grad()
                 nn.functional.cross_entropy(model(batch["image"]), batch["label"]).backward()
                 opt.step()
+        model.trained.fill_(1)
         return model
 
     class ColourSquares(torch.utils.data.Dataset):

@@ -98,7 +98,7 @@ def test_killed_during_a_metric_keeps_the_metrics_before_it(toy_cli):
 def test_nan_model_gets_a_clear_error_and_keeps_other_records(toy_cli):
     assert toy_cli(*RUN).returncode == 0
     done = toy_cli("run", "--dataset", "colours", "--models", "toy_a", "--seed", "1", "--set", "nan=true")
-    assert done.returncode == 2
+    assert done.returncode == 1
     assert "model 'toy_a' returned non-finite logits on test batch 0" in done.stderr
     assert "Traceback" not in done.stderr
     assert len([r for r in _records(toy_cli.cwd) if "seed0" in r]) == 8
@@ -388,3 +388,24 @@ def test_check_matches_rows_by_their_settings(toy_cli):
     (toy_cli.cwd / "base.json").write_text(json.dumps(board))
     done = toy_cli("check", "--dataset", "colours", "--baseline", "base.json")
     assert done.returncode == 1 and "REGRESSION toy_a [input_size=6] (quick): missing from the current results" in done.stdout
+
+
+def test_a_plugin_that_raises_in_training_fails_alone(toy_cli):
+    done = toy_cli(*RUN, extra_env={"TOY_FAIL": "toy_a:train"})
+    assert done.returncode == 1
+    errors = [line for line in done.stderr.splitlines() if line.startswith("protobench: error:")]
+    assert errors == ["protobench: error: toy_a (plugin 'toy' (toy-dist)) failed: RuntimeError: boom in training"]
+    rows = json.loads((toy_cli.cwd / "leaderboards/colours.json").read_text())["rows"]
+    assert [row["model"] for row in rows] == ["toy_b"]  # the other model still gets its row
+    assert toy_cli(*RUN).returncode == 0  # fixed: only the failed model trains now
+    assert toy_cli.log.read_text().splitlines().count("train toy_b") == 1
+
+
+def test_a_model_that_breaks_the_contract_is_stopped_before_training(toy_cli):
+    done = toy_cli(*RUN, extra_env={"TOY_FAIL": "toy_a:logits"})
+    assert done.returncode == 1
+    assert ("protobench: error: toy_a (plugin 'toy' (toy-dist)) failed: model 'toy_a' of plugin 'toy' (toy-dist) "
+            "explain(x).logits has shape [2, 2] for B=2, P=0, C=3: the contract expects [2, 3]") in done.stderr
+    assert "train toy_a" not in toy_cli.log.read_text() and "train toy_b" in toy_cli.log.read_text()
+    done = toy_cli("train", "--dataset", "colours", "--model", "toy_a", extra_env={"TOY_FAIL": "toy_a:logits"})
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
