@@ -154,6 +154,25 @@ def disk_kernel(radius: int, alias_blur: float) -> Tensor:
     return blurred[0, 0]
 
 
+def _reflect101_index(n: int, pad: int) -> Tensor:
+    """Source index of each of ``n + 2 * pad`` positions under OpenCV's ``BORDER_REFLECT_101``, any ``pad``."""
+    if n == 1:
+        return torch.zeros(n + 2 * pad, dtype=torch.long)
+    period = 2 * (n - 1)
+    i = torch.arange(-pad, n + pad).abs() % period
+    return torch.where(i < n, i, period - i)
+
+
+def reflect101(images: Tensor, pad: int) -> Tensor:
+    """``images`` padded by ``pad`` on each side, reflect-101 as OpenCV, also where ``pad`` reaches past the image
+    (where torch's ``reflect`` padding refuses: small images under large kernels)."""
+    h, w = images.shape[-2:]
+    if pad < min(h, w):
+        return F.pad(images, (pad,) * 4, mode="reflect")
+    rows, cols = _reflect101_index(h, pad).to(images.device), _reflect101_index(w, pad).to(images.device)
+    return images[..., rows, :][..., cols]
+
+
 def defocus_blur(images: Tensor, severity: int, generator: Generators = None) -> Tensor:
     """Each channel filtered with :func:`disk_kernel`, reflect-101 border as OpenCV's ``filter2D``
     (imagecorruptions ``defocus_blur``).
@@ -167,7 +186,7 @@ def defocus_blur(images: Tensor, severity: int, generator: Generators = None) ->
     kernel = disk_kernel(*DEFOCUS_BLUR[severity - 1]).to(images)
     h, w = images.shape[-2:]
     pad = kernel.shape[0] // 2
-    padded = F.pad(images, (pad,) * 4, mode="reflect")
+    padded = reflect101(images, pad)
     size = padded.shape[-2:]
     spectrum = torch.fft.rfft2(padded) * torch.fft.rfft2(kernel, s=size)
     # circular convolution of the padded image: the window past the kernel's wrap-around is the linear one

@@ -288,6 +288,11 @@ def test_prototypes_without_images_are_left_out_of_the_stability_mean():
     assert result.value == 0.5
 
 
+def test_stability_without_any_counted_image_is_none_with_its_reason():
+    result, _ = run(STABILITY, fragile_model([1]), [stability_batch([True, False], [0, 0])])
+    assert result.value is None and result.detail["reason"] == "no test image counts for any prototype"
+
+
 def test_random_maps_stability_matches_the_official_loops():
     images, labels, keypoints = random_data(seed=1)
     model = random_model()

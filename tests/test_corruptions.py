@@ -14,13 +14,16 @@ import torch
 from protobench.contract import EvalContext, Explanation, PrototypeModel
 from protobench.corruptions import (
     CORRUPTIONS,
+    DEFOCUS_BLUR,
     MOTION_BLUR,
     RANDOM_CORRUPTIONS,
     brightness,
     contrast,
+    defocus_blur,
     disk_kernel,
     image_generators,
     motion_blur_at,
+    reflect101,
 )
 from protobench.metrics.corruption import CORRUPTION_ACCURACY, CorruptionAccuracy
 
@@ -146,6 +149,28 @@ def test_disk_kernel_matches_opencv(imagecorruptions):
     for radius, alias_blur in [(3, 0.1), (4, 0.5), (10, 0.5)]:
         np.testing.assert_allclose(disk_kernel(radius, alias_blur).numpy(), disk(radius, alias_blur),
                                    atol=1e-7)
+
+
+def test_reflect101_matches_opencv_borders_past_the_image():
+    cv2 = pytest.importorskip("cv2")
+    images = torch.rand(2, 3, 5, 7, generator=torch.Generator().manual_seed(0))
+    for pad in (2, 4, 6, 9, 20):  # torch's reflect padding refuses pad >= 5
+        ours = reflect101(images, pad)
+        for b, c in [(0, 0), (1, 2)]:
+            ref = cv2.copyMakeBorder(images[b, c].numpy(), pad, pad, pad, pad, cv2.BORDER_REFLECT_101)
+            assert np.array_equal(ours[b, c].numpy(), ref), pad
+
+
+def test_defocus_blur_of_images_smaller_than_its_kernel_matches_filter2d():
+    """imagecorruptions filters each channel with ``cv2.filter2D`` (reflect-101), whatever the image size."""
+    cv2 = pytest.importorskip("cv2")
+    images = torch.rand(1, 3, 8, 12, generator=torch.Generator().manual_seed(1))
+    for severity in (1, 5):  # 17 x 17 and 21 x 21 kernels on 8 x 12 images
+        kernel = disk_kernel(*DEFOCUS_BLUR[severity - 1]).numpy()
+        ours = defocus_blur(images, severity).numpy()[0]
+        for c in range(3):
+            ref = np.clip(cv2.filter2D(images[0, c].numpy(), -1, kernel), 0, 1)
+            np.testing.assert_allclose(ours[c], ref, atol=1e-5)
 
 
 def test_brightness_by_hand():

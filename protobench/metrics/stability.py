@@ -93,8 +93,8 @@ class Stability(torchmetrics.Metric):
 
     def compute(self) -> MetricResult:
         counted = self.images > 0
-        if not bool(counted.any()):
-            raise ValueError("stability: no test image counts for any prototype")
+        if not bool(counted.any()):  # e.g. a few test images and no prototype evidence for their classes
+            return MetricResult(value=None, detail={"reason": "no test image counts for any prototype"})
         per_prototype = self.stable.double() / self.images.clamp(min=1).double()
         return MetricResult(
             value=float(per_prototype[counted].mean()),
