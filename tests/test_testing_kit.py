@@ -11,7 +11,7 @@ from torch import nn
 
 from protobench.contract import Explanation, ModelSpec, PrototypeModel
 from protobench.plugins import Registry, registry
-from protobench.testing import check_model
+from protobench.testing import check_model, first_batches
 
 
 @pytest.mark.parametrize("name", sorted(registry().models))
@@ -76,6 +76,10 @@ def test_a_clean_model_passes_and_a_raising_recipe_is_reported():
     reg.models["faulty"] = ModelSpec(name="faulty", build=Faulty, train=boom, paper="", default_config={"fault": ""})
     (line,) = check_model("faulty", reg, metrics=False)
     assert line.startswith("the training recipe (one step per epoch and phase) raised RuntimeError: no optimiser")
+
+
+def test_the_kits_progress_stops_every_loop_after_one_item():
+    assert list(first_batches(range(5), desc="epoch")) == [0] and list(first_batches([])) == []
 
 
 def test_the_pytest_plugin_checks_a_named_model(toy_cli):
