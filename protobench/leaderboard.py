@@ -21,6 +21,7 @@ import pandas as pd
 
 from protobench.atomic import write_atomic, write_json_atomic
 from protobench.contract import GROUPS
+from protobench.plots import accuracy_plot, plot_name, plotted_columns
 from protobench.plugins import Registry
 from protobench.store import ResultStore
 
@@ -130,6 +131,9 @@ def markdown(data: dict[str, Any], registry: Registry | None = None) -> str:
     sections = data.get("groups") or {OTHER: data["metrics"]}
     overview = sections.get("accuracy", [])
     lines += ["## models", "", _frame(data, overview, overview=True), ""]
+    if plotted_columns(data):
+        lines += [f"![accuracy against each interpretability and faithfulness column]({plot_name(data['dataset'])})",
+                  ""]
     for group, names in sections.items():
         if group != "accuracy":
             lines += [f"## {group}", "", _frame(data, names, overview=False), ""]
@@ -154,11 +158,13 @@ def markdown(data: dict[str, Any], registry: Registry | None = None) -> str:
 
 
 def write(store: ResultStore, dataset: str, out_dir: str | Path, registry: Registry | None = None) -> Path:
-    """Write ``<out_dir>/<dataset>.md`` and ``.json``; returns the markdown path."""
+    """Write ``<out_dir>/<dataset>.md``, ``.json`` and the accuracy plot (:mod:`protobench.plots`) where it has
+    points; returns the markdown path."""
     data = table(store, dataset, registry)
     out = Path(out_dir)
     md_path = out / f"{dataset}.md"
     text = markdown(data, registry)
     write_atomic(md_path, lambda tmp: tmp.write_text(text))
     write_json_atomic(out / f"{dataset}.json", data)
+    accuracy_plot(data, out / plot_name(dataset))
     return md_path

@@ -8,6 +8,7 @@ import torch
 from protobench import checkpoint, leaderboard
 from protobench.check import regressions
 from protobench.contract import Explanation, MetricSpec, ModelSpec, PrototypeModel
+from protobench.plots import plotted_columns
 from protobench.plugins import Registry
 from protobench.store import RecordKey, ResultStore, StoreError
 
@@ -108,3 +109,21 @@ def test_truncated_or_incomplete_checkpoint(tmp_path):
         checkpoint.load(tmp_path, _registry())
     (tmp_path / checkpoint.META).unlink()
     assert not checkpoint.exists(tmp_path)
+
+
+def test_leaderboard_writes_and_links_the_accuracy_plot_where_it_has_points(tmp_path):
+    store = ResultStore(tmp_path / "results")
+    spec = lambda name, group: MetricSpec(name=name, compute=lambda m, c: None, group=group)
+    registry = Registry(metrics={s.name: s for s in [spec("accuracy", "accuracy"), spec("faith", "faithfulness"),
+                                                     spec("robust", "robustness")]})
+    _put(store, "a", "accuracy", 0, 0.9)
+    _put(store, "a", "robust", 0, 0.5)
+    md = leaderboard.write(store, "ds", tmp_path / "boards", registry)
+    assert not (tmp_path / "boards/ds_accuracy.png").exists() and "ds_accuracy.png" not in md.read_text()
+    _put(store, "a", "faith", 0, 0.3)
+    _put(store, "b", "accuracy", 0, 0.5)
+    _put(store, "b", "faith", 0, None, reason="no prototypes")
+    md = leaderboard.write(store, "ds", tmp_path / "boards", registry)
+    png = tmp_path / "boards/ds_accuracy.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "](ds_accuracy.png)" in md.read_text()
+    assert plotted_columns(leaderboard.table(store, "ds", registry)) == ["faith"]
