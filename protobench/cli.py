@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from protobench import checkpoint, harness, leaderboard, runs
+from protobench import checkpoint, harness, leaderboard, looks_like, runs
 from protobench.check import regressions
 from protobench.data.transforms import eval_transform
 from protobench.devices import resolve_device
@@ -170,19 +170,22 @@ def cmd_explain(args: argparse.Namespace) -> int:
     net, _ = harness.load_trained(reg, args.model, settings, device)
     if net.num_prototypes == 0:
         raise ValueError(f"model {args.model!r} has no prototypes, so it has no prototype explanation")
-    if not hasattr(net, "describe"):
-        raise ValueError(f"model {args.model!r} cannot explain a single image (it has no describe method)")
     transform = eval_transform(net.input_size)
     test = harness.build_split(reg, settings, "test", transform)
     if not 0 <= args.index < len(test):
         raise ValueError(f"--index {args.index} is outside the test split (0 .. {len(test) - 1})")
     item, names = test[args.index], getattr(test, "class_names", None)
-    print(net.describe(item, class_names=names))
+    own = hasattr(net, "describe")  # a family's own, richer form (ProtoTree: the decision path)
+    decision = None if own else looks_like.decide(net, item["image"], args.top)
+    print(net.describe(item, class_names=names) if own else looks_like.describe(decision, args.index, names))
     if args.out:
-        if not hasattr(net, "draw_explanation"):
-            raise ValueError(f"model {args.model!r} cannot draw an explanation (it has no draw_explanation method)")
         push = harness.build_split(reg, settings, "train", transform)
-        print(f"wrote {net.draw_explanation(item, args.out, push, class_names=names)}")
+        if hasattr(net, "draw_explanation"):
+            path = net.draw_explanation(item, args.out, push, class_names=names)
+        else:
+            decision = decision or looks_like.decide(net, item["image"], args.top)
+            path = looks_like.draw(net, decision, item, args.out, push, getattr(test, "part_names", None) or [], names)
+        print(f"wrote {path}")
     return 0
 
 
@@ -240,10 +243,12 @@ def parser() -> argparse.ArgumentParser:
                    help="also stack the first ten pictures into one PNG (e.g. docs/protopnet_gallery.png)")
     common(q)
     q.set_defaults(func=cmd_gallery)
-    q = sub.add_parser("explain", help="print (and draw) how a model decides on one test image")
+    q = sub.add_parser("explain", help="print (and draw) how a model decides on one test image: "
+                       "this looks like that")
     q.add_argument("--model", required=True)
     q.add_argument("--index", type=int, required=True, help="test-split index of the image")
     q.add_argument("--out", default=None, metavar="FILE", help="also draw the explanation as a PNG")
+    q.add_argument("--top", type=int, default=5, help="prototypes shown (default 5; ProtoTree: its path)")
     common(q, leaderboard_out=False)
     q.set_defaults(func=cmd_explain)
     q = sub.add_parser("check", help="exit 1 if the results regress against the committed leaderboard")

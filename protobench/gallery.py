@@ -50,7 +50,7 @@ def top_activations(model: PrototypeModel, dataset: Dataset, k: int, device: tor
     return best, where
 
 
-def _panel(ax: Any, item: dict[str, Any], box: torch.Tensor, part_names: Sequence[str], title: str) -> list[str]:
+def draw_panel(ax: Any, item: dict[str, Any], box: torch.Tensor, part_names: Sequence[str], title: str) -> list[str]:
     """Draw one image with the region and keypoints; returns the names of the parts inside the region."""
     ax.imshow(item["image"].permute(1, 2, 0).clamp(0, 1).numpy())
     x0, y0, x1, y1 = box.tolist()
@@ -69,7 +69,8 @@ def _panel(ax: Any, item: dict[str, Any], box: torch.Tensor, part_names: Sequenc
     return inside
 
 
-def _regions(model: PrototypeModel, images: torch.Tensor, prototype: int, device: torch.device) -> torch.Tensor:
+def region_boxes(model: PrototypeModel, images: torch.Tensor, prototype: int, device: torch.device) -> torch.Tensor:
+    """``[N, 4]``: prototype ``prototype``'s region on each of ``images`` (``[N, 3, H, W]``)."""
     with torch.no_grad():
         explanation = model.explain(images.to(device))
     pairs = torch.stack([torch.arange(len(images)), torch.full((len(images),), prototype)], dim=1)
@@ -133,7 +134,7 @@ def write_gallery(
         if has_source:
             items.insert(0, push[int(sources[p, 0])])
         images = torch.stack([it["image"] for it in items])
-        boxes = _regions(model, images, p, device)
+        boxes = region_boxes(model, images, p, device)
         because = because_text(model, images[int(has_source):], p, device, (influences or {}).get(p))
         fig, axes = plt.subplots(1, len(items) + 1, figsize=(1.6 * len(items) + 2.2, 2.1), squeeze=False,
                                  gridspec_kw={"width_ratios": [1.0] * len(items) + [1.4]})
@@ -146,7 +147,7 @@ def write_gallery(
             else:
                 rank = j - has_source
                 title = f"top {rank + 1}: test #{int(indices[p, rank])}, sim {float(scores[p, rank]):.2f}"
-            _panel(ax, item, box, part_names, title)
+            draw_panel(ax, item, box, part_names, title)
         label = ("class-agnostic" if cls < 0 else f"class {cls}") + (f", {sets[p]}" if sets else "")
         verdict = (verdicts or {}).get(p, "")
         fig.suptitle(f"prototype {p} ({label})" + (f" — {verdict}" if verdict else ""), fontsize=8)

@@ -274,7 +274,7 @@ def test_logits_stay_finite_when_leaf_probabilities_underflow(mode):
     assert logits[0, 1].item() == pytest.approx(-500, abs=1e-3)
 
 
-def test_cli_explain_prints_and_draws_the_decision_path(tmp_path, capsys, monkeypatch):
+def test_cli_explain_prints_and_draws_the_decision_path(tmp_path, capsys):
     from protobench import cli, harness
 
     torch.manual_seed(6)
@@ -288,11 +288,6 @@ def test_cli_explain_prints_and_draws_the_decision_path(tmp_path, capsys, monkey
     assert "greedy decision path of image #3" in printed and "leaf " in printed and out.stat().st_size > 0
     assert cli.main(["explain", *common, "--index", "100000"]) == 2
     assert "outside the test split" in capsys.readouterr().err
-    plain = nn.Identity()
-    plain.num_prototypes = 1  # a prototype model without describe
-    monkeypatch.setattr(harness, "load_trained", lambda *args: (plain, {}))
-    assert cli.main(["explain", *common, "--index", "3"]) == 2
-    assert "has no describe method" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("mode", ["greedy", "sample_max"])
