@@ -12,11 +12,11 @@ from pathlib import Path
 
 import timm
 import torch
-from safetensors.torch import load_file
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import Tensor, nn
 
 from protobench import localnet  # noqa: F401  (registers the localnet_* backbones in timm's registry)
+from protobench.state_files import read_state_dict
 
 
 class BackboneError(ValueError):
@@ -109,27 +109,8 @@ def build_backbone(name: str, weights: str | None = None, *, output_stride: int 
     return TimmFeatures(model), int(model.num_features)
 
 
-def _read_state_dict(path: Path) -> dict[str, Tensor]:
-    if not path.is_file():
-        raise BackboneError(f"backbone weights file {path} does not exist")
-    if path.suffix == ".safetensors":
-        return load_file(str(path))
-    if path.suffix in {".pth", ".pt"}:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises UnpicklingError for anything beyond tensors and containers
-            raise BackboneError(f"backbone weights file {path} cannot be read safely (weights_only=True): {exc}") from exc
-        for wrapper in ("state_dict", "model"):  # common training-script checkpoint layouts
-            if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-                state = state[wrapper]
-        if not isinstance(state, dict):
-            raise BackboneError(f"backbone weights file {path} holds a {type(state).__name__}, not a state dict")
-        return state
-    raise BackboneError(f"backbone weights file {path}: unknown format (use .safetensors, .pth or .pt)")
-
-
 def _load_weights(model: nn.Module, name: str, path: Path, head_keys: set[str]) -> None:
-    state = _read_state_dict(path)
+    state = read_state_dict(path, f"weights file of backbone {name!r}")
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatches

@@ -14,6 +14,7 @@ from protobench.backbones import (
     build_backbone,
     feature_scale,
 )
+from protobench.state_files import StateFileError, read_state_dict
 
 
 def full_state(name: str, seed: int) -> dict[str, torch.Tensor]:
@@ -68,8 +69,26 @@ def test_pth_weights_load_with_weights_only(tmp_path):
 def test_pickled_object_is_refused(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"state_dict": full_state("resnet10t", 0), "extra": object()}, path)
-    with pytest.raises(BackboneError, match="weights_only"):
+    with pytest.raises(StateFileError, match="evil.pth holds pickled Python objects") as refused:
         build_backbone("resnet10t", str(path))
+    assert "\n" not in str(refused.value) and "weights_only=True" in str(refused.value)
+
+
+def test_truncated_or_foreign_weights_files_are_one_line(tmp_path):
+    path = tmp_path / "cut.safetensors"
+    save_file(full_state("resnet10t", 0), str(path))
+    path.write_bytes(path.read_bytes()[:-100])
+    foreign = tmp_path / "foreign.safetensors"
+    foreign.write_text("not a safetensors file")
+    cut = tmp_path / "cut.pth"
+    torch.save(full_state("resnet10t", 0), cut)
+    cut.write_bytes(cut.read_bytes()[:-100])
+    for bad, message in [(path, "cut.safetensors is not a readable safetensors file"),
+                         (foreign, "foreign.safetensors is not a readable safetensors file"),
+                         (cut, "cut.pth is not a readable PyTorch file")]:
+        with pytest.raises(StateFileError, match=message) as refused:
+            build_backbone("resnet10t", str(bad))
+        assert "\n" not in str(refused.value)
 
 
 def test_mismatched_weights_name_file_and_backbone(tmp_path):
@@ -89,7 +108,7 @@ def test_missing_keys_are_reported(tmp_path):
 
 
 def test_missing_file_is_named(tmp_path):
-    with pytest.raises(BackboneError, match="nowhere.safetensors"):
+    with pytest.raises(StateFileError, match="nowhere.safetensors does not exist"):
         build_backbone("resnet10t", str(tmp_path / "nowhere.safetensors"))
 
 
@@ -116,3 +135,25 @@ def test_pooled_head_divides_out_the_backbones_output_scale():
     x = torch.rand(2, 3, 32, 32)
     raw = backbone.model.blocks(backbone.model.stem(ImageNetNormalize()(x)))
     torch.testing.assert_close(classifier(x), classifier.head.linear(raw.mean(dim=(2, 3))))
+
+
+class _RunsCode:
+    """Unpickling this would run a shell command (what a crafted checkpoint can do)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_crafted_pickle_is_refused_without_running_it(tmp_path):
+    marker = tmp_path / "ran"
+    path = tmp_path / "crafted.pth"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "payload": _RunsCode(marker)}, path)
+    with pytest.raises(StateFileError, match="crafted.pth holds pickled Python objects") as refused:
+        read_state_dict(path)
+    assert not marker.exists() and "\n" not in str(refused.value)
+    assert "weights_only=False" not in str(refused.value).split("where you trust the file")[0]
