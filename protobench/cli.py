@@ -99,6 +99,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    directory = harness.import_official(_registry(), args.model, _settings(args), Path(args.checkpoint))
+    print(f"checkpoint: {directory}; evaluate it with `protobench eval --model {args.model}` and the same options")
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     metrics = args.metrics.split(",") if args.metrics else None
     for record in harness.evaluate(_registry(), args.model, _settings(args), metrics):
@@ -217,6 +223,12 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--model", required=True)
     common(q)
     q.set_defaults(func=cmd_train)
+    q = sub.add_parser("import", help="import a checkpoint saved by the paper's official code (state dict)")
+    q.add_argument("--model", required=True)
+    q.add_argument("--checkpoint", required=True, metavar="FILE", help=".pth/.pt state dict (never unpickled) "
+                   "or .safetensors")
+    common(q)
+    q.set_defaults(func=cmd_import)
     q = sub.add_parser("eval", help="evaluate a trained model (skips finished metrics)")
     q.add_argument("--model", required=True)
     q.add_argument("--metrics", default=None, help="comma-separated (default: all)")

@@ -96,6 +96,8 @@ class ModelSpec:
     ``profiles`` maps a profile name (``quick``, ``paper``) to overrides of ``default_config``.
     ``reference`` marks a calibration row (e.g. a part-supervised or a random-explanation model): the
     leaderboard shows it beside the models, marked as a reference, and never ranks it.
+    ``from_official(state, config)`` (optional) maps a state dict saved by the paper's official code onto the
+    state dict of ``build(config)`` (``protobench import``).
     """
 
     name: str
@@ -105,6 +107,7 @@ class ModelSpec:
     paper: str
     profiles: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     reference: bool = False
+    from_official: Callable[[dict[str, Tensor], dict[str, Any]], dict[str, Tensor]] | None = None
 
     def config(self, profile: str | None = None, **overrides: Any) -> dict[str, Any]:
         """``default_config``, then the profile's overrides, then ``overrides``."""

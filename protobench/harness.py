@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import inspect
 import time
 from collections.abc import Iterator
@@ -32,6 +33,7 @@ from protobench.overrides import check_overrides
 from protobench.plugins import Registry
 from protobench.progress import progress as default_progress
 from protobench.standin import resolve_weights
+from protobench.state_files import read_state_dict
 from protobench.store import RecordKey, ResultStore
 
 #: Test images fed to costly metrics per profile (0 = all; chosen by :func:`costly_subset`). ``quick``: 24
@@ -181,6 +183,38 @@ def train(registry: Registry, model: str, settings: Settings, progress: Any = de
     info = {"train_seconds": round(seconds, 1), "device": str(device), "seed": settings.seed,
             "identity": run_identity.training(), "settings": dict(run_identity.changed)}
     checkpoint.save(net, model, directory, info)
+    return directory
+
+
+def import_official(registry: Registry, model: str, settings: Settings, path: Path) -> Path:
+    """Save the checkpoint of a state dict that the paper's official code wrote (``ModelSpec.from_official``)
+    as ``settings``' checkpoint of ``model``, so that ``eval`` and ``run`` evaluate it; returns its directory."""
+    spec = registry.model(model)
+    if spec.from_official is None:
+        raise ValueError(f"model {model!r} cannot import official checkpoints (its plugin gives no from_official)")
+    run_identity = identity(registry, model, settings)
+    directory = settings.checkpoint_dir(run_identity)
+    if checkpoint.exists(directory):
+        raise ValueError(f"{directory} already holds a checkpoint of this configuration; delete it or use another "
+                         "--workdir")
+    num_classes = build_split(registry, settings, "test", None).num_classes
+    config = {**run_identity.config, "num_classes": num_classes}
+    if "weights" in config:
+        config["weights"] = None  # every weight comes from the official file
+    net = spec.build(config)
+    state = spec.from_official(read_state_dict(path, "official checkpoint"), config)
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise checkpoint.CheckpointError(f"official checkpoint {path} does not fit model {model!r} as configured: "
+                                         f"{' '.join(str(exc).split())}") from exc
+    found = problems(net, num_classes)
+    if found:
+        raise ContractError(f"official checkpoint {path} as model {model!r}: " + "; ".join(found))
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    info = {"imported_from": str(path), "sha256": digest, "seed": settings.seed,
+            "identity": run_identity.training(), "settings": dict(run_identity.changed)}
+    checkpoint.save(net.eval(), model, directory, info)
     return directory
 
 
