@@ -176,7 +176,7 @@ def test_resnet18_tensors_land_in_place():
     assert not torch.equal(ours["features.model.layer3.1.conv1.weight"], state["features.layer3.1.conv2.weight"])
     assert ours["prototype_classes"].tolist() == [0, 0, 1, 1, 2, 2]
     assert (ours["prototype_sources"] == -1).all() and ours["prototype_sources"].shape == (6, 3)
-    assert model(torch.rand(1, 3, 32, 32)).shape == (1, 3)
+    assert model.eval()(torch.rand(1, 3, 64, 64)).shape == (1, 3)
 
 
 def test_vgg19_bottleneck_tensors_land_in_place():
@@ -243,3 +243,26 @@ def test_unknown_keys_wrong_backbone_wrong_add_on_and_bad_ones():
     assert "'ones'" in one_line_error(state, config("resnet18"))
     state["unexpected"] = torch.zeros(1)
     assert "'unexpected'" in one_line_error(state, config("resnet18"))
+
+
+def test_protobench_import_then_eval_an_official_checkpoint(tmp_path, capsys):
+    from protobench import cli
+
+    path = tmp_path / "official_state.pth"
+    state = official_state("resnet18")
+    for key in state:  # a trained model's statistics: positive variances, small weights
+        if key.endswith("running_var"):
+            state[key] = state[key].abs() + 1
+        elif state[key].is_floating_point() and key.endswith("weight") and state[key].ndim == 4:
+            state[key] = state[key] * 0.05
+    torch.save(state, path)
+    common = ["--model", "protopnet", "--profile", "paper", "--workdir", str(tmp_path / "work"), "--device", "cpu",
+              "--set", "backbone=resnet18", "--set", "prototypes_per_class=2", "--set", "prototype_dim=8",
+              "--set", "input_size=32", "--set", "weights=null",
+              "--data", "num_classes=3", "--data", "images_per_class=4", "--data", "resolution=32"]
+    assert cli.main(["import", *common, "--checkpoint", str(path)]) == 0, capsys.readouterr().err
+    assert "checkpoint: " in capsys.readouterr().out
+    assert cli.main(["eval", *common, "--metrics", "accuracy"]) == 0, capsys.readouterr().err
+    assert "protopnet accuracy: " in capsys.readouterr().out
+    assert cli.main(["import", *common, "--checkpoint", str(path)]) == 2  # never over a checkpoint
+    assert "already holds a checkpoint" in capsys.readouterr().err

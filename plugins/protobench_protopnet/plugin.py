@@ -21,6 +21,7 @@ from protobench import hookimpl
 from protobench.contract import ModelSpec
 from protobench.standin import QUICK_BACKBONE
 
+from . import official
 from .losses import COEFFICIENTS
 from .model import ProtoPNet
 from .recipe import train
@@ -77,6 +78,7 @@ SPEC = ModelSpec(
     paper="Chen, Li, Tao, Barnett, Su, Rudin. This Looks Like That: Deep Learning for Interpretable "
           "Image Recognition. NeurIPS 2019. Code: github.com/cfchen-duke/ProtoPNet",
     profiles={"quick": QUICK, "paper": PAPER},
+    from_official=official.convert,
 )
 
 

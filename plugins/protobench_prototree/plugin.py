@@ -19,6 +19,7 @@ from protobench import hookimpl
 from protobench.contract import ModelSpec
 from protobench.standin import QUICK_BACKBONE
 
+from . import official
 from .model import ProtoTree
 from .recipe import train
 
@@ -72,6 +73,7 @@ SPEC = ModelSpec(
     paper="Nauta, van Bree, Seifert. Neural Prototype Trees for Interpretable Fine-grained Image "
           "Recognition. CVPR 2021. Code: github.com/M-Nauta/ProtoTree",
     profiles={"quick": QUICK, "paper": PAPER},
+    from_official=official.convert,
 )
 
 

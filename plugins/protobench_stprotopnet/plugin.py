@@ -19,6 +19,7 @@ from protobench_protopnet import plugin as protopnet
 from protobench import hookimpl
 from protobench.contract import ModelSpec
 
+from . import official
 from .losses import COEFFICIENTS
 from .model import STProtoPNet
 from .recipe import train
@@ -61,6 +62,7 @@ SPEC = ModelSpec(
     paper="Wang, Liu, Chen, Tian, Carneiro. Learning Support and Trivial Prototypes for Interpretable Image "
           "Classification. ICCV 2023. Code: github.com/cwangrun/ST-ProtoPNet",
     profiles={"quick": QUICK, "paper": PAPER},
+    from_official=official.convert,
 )
 
 
