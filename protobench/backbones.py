@@ -97,8 +97,9 @@ def build_backbone(name: str, weights: str | None = None, *, output_stride: int 
     kwargs = {} if output_stride is None else {"output_stride": output_stride}
     try:
         model = timm.create_model(name, pretrained=False, **kwargs)
-    except TypeError as exc:
-        raise BackboneError(f"backbone {name!r} does not accept output_stride={output_stride}: {exc}") from exc
+    except (TypeError, AssertionError, ValueError) as exc:  # timm's VGG asserts output_stride == 32
+        reason = str(exc) or "timm builds it at its native stride only"
+        raise BackboneError(f"backbone {name!r} does not accept output_stride={output_stride}: {reason}") from exc
     full_keys = set(model.state_dict())
     if hasattr(model, "prune_intermediate_layers"):
         model.prune_intermediate_layers(prune_head=True, prune_norm=False)

@@ -43,6 +43,8 @@ def test_unknown_backbone_is_named():
 def test_backbone_without_output_stride_is_named():
     with pytest.raises(BackboneError, match="mobilenetv3_small_050.*output_stride"):
         build_backbone("mobilenetv3_small_050", output_stride=16)
+    with pytest.raises(BackboneError, match="'vgg11' does not accept output_stride=16: timm builds it at its native"):
+        build_backbone("vgg11", output_stride=16)
 
 
 def test_safetensors_weights_are_loaded(tmp_path):
