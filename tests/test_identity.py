@@ -30,7 +30,7 @@ def test_changed_settings_and_labels():
 
 
 def _registry() -> Registry:
-    model = ModelSpec(name="m", build=None, train=None, paper="", default_config={"stride": 16, "k": 10},
+    model = ModelSpec(name="m", build=None, train=None, paper="", default_config={"stride": 16, "k": 10, "input_size": 8},
                       profiles={"quick": {"k": 2}})
 
     def build(root, split, transform=None, size: int = 64, crop: bool = False):
@@ -46,7 +46,7 @@ def _identity(**settings):
 
 def test_identity_resolves_profile_overrides_and_dataset_options(tmp_path):
     default = _identity(workdir=tmp_path)
-    assert dict(default.config) == {"stride": 16, "k": 2}
+    assert dict(default.config) == {"stride": 16, "k": 2, "input_size": 8}
     assert dict(default.dataset_options) == {"size": 64, "crop": True}
     assert default.changed == {} and default.label == "m" and default.version == __version__
     assert default.costly_images == harness.COSTLY_IMAGES["quick"]
@@ -62,11 +62,11 @@ def test_identity_resolves_profile_overrides_and_dataset_options(tmp_path):
     assert costly.label == "m [costly_images=0]"
     assert harness.Settings(profile="paper").costly_limit == 0
     paper = harness.identity(_registry(), "m", harness.Settings(dataset="d", profile="paper"))
-    assert dict(paper.config) == {"stride": 16, "k": 10} and paper.checkpoint_hash != default.checkpoint_hash
+    assert dict(paper.config) == {"stride": 16, "k": 10, "input_size": 8} and paper.checkpoint_hash != default.checkpoint_hash
 
 
 def test_identity_refuses_unknown_keys_and_profiles():
-    with pytest.raises(ValueError, match="--set strde: not a key of model 'm'; its keys: k, stride"):
+    with pytest.raises(ValueError, match="--set strde: not a key of model 'm'; its keys: input_size, k, stride"):
         _identity(model_overrides={"strde": 8})
     with pytest.raises(ValueError, match="--data sise: not a key of dataset 'd'; its keys: crop, size"):
         _identity(dataset_options={"sise": 8})
