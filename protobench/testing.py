@@ -74,8 +74,8 @@ def check_model(name: str, registry: Registry | None = None, profile: str = "qui
         found = problems(model, test_set.num_classes)
         if found:
             return found
-        size = config["input_size"]
-        test = harness.build_split(reg, settings, "test", eval_transform(size if isinstance(size, int) else tuple(size)))
+        size = harness._input_size(config)
+        test = harness.build_split(reg, settings, "test", eval_transform(size))
         found += _check_passes(model, name, test, reg, Path(workdir))
         if metrics:
             found += _check_metrics(model, name, test, reg, settings)
@@ -125,8 +125,7 @@ def _check_metrics(model: Any, name: str, test: Any, reg: Registry, settings: ha
 
 
 def _check_training(spec: Any, config: dict[str, Any], reg: Registry, settings: harness.Settings,
-                    size: Any) -> list[str]:
-    size = size if isinstance(size, int) else tuple(size)
+                    size: int | tuple[int, int]) -> list[str]:
     data = TrainData(train=harness.build_split(reg, settings, "train", train_transform(size, 0)),
                      push=harness.build_split(reg, settings, "train", eval_transform(size)),
                      test=harness.build_split(reg, settings, "test", eval_transform(size)),
