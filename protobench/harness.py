@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from protobench import __version__, checkpoint
 from protobench.conformance import ContractError, problems
-from protobench.contract import EvalContext, MetricResult, MetricSpec, PrototypeModel, TrainData
+from protobench.contract import EvalContext, Explanation, MetricResult, MetricSpec, PrototypeModel, TrainData
 from protobench.data.transforms import eval_transform, train_transform
 from protobench.devices import barrier, init_distributed, resolve_device, seed_everything
 from protobench.gallery import write_gallery
@@ -344,7 +344,10 @@ def _shared_pass(
     """One pass over (this process's shard of) ``dataset`` feeding every applicable metric.
 
     Costly metrics see only the images whose dataset index ``costly`` (``BoolTensor[len(dataset)]``, from
-    :func:`costly_subset`; None: every image) marks. Yields (spec, result, reason-not-applicable) per
+    :func:`costly_subset`; None: every image) marks, gathered into full batches of ``settings.batch_size``
+    (:class:`Rebatcher`; the last may be smaller), since their attacks and perturbed passes cost per batch,
+    not per image, and a 24-image subset spread over 1,080 test images would otherwise arrive one or two
+    images at a time. Yields (spec, result, reason-not-applicable) per
     metric, computing each only when asked.
     """
     shard = Subset(dataset, range(rank, len(dataset), world)) if world > 1 else dataset
@@ -352,6 +355,7 @@ def _shared_pass(
     context = EvalContext(dataset=dataset, device=device, seed=settings.seed)
     states: dict[str, Any] = {}
     reasons: dict[str, str | None] = {}
+    costly_rows = Rebatcher(settings.batch_size)
     for i, batch in enumerate(progress(loader, desc=f"eval {model}", total=len(loader))):
         images = batch["image"].to(device)
         with torch.no_grad():
@@ -371,11 +375,15 @@ def _shared_pass(
                         raise ValueError(f"metric {spec.name!r} cannot be reduced across {world} processes: "
                                          "its state must be a torchmetrics.Metric to run under torchrun")
                     states[spec.name] = state.to(device) if isinstance(state, torch.nn.Module) else state
+        cheap = [states[s.name] for s in specs if s.name in states and not s.costly]
+        for state in cheap:
+            state.update(batch, out)
         keep = torch.ones(len(batch["index"]), dtype=torch.bool) if costly is None else costly[batch["index"]]
-        costly_batch, costly_out = (batch, out) if keep.all() else (_rows(batch, keep), _rows(out, keep))
-        for spec in specs:
-            if spec.name in states and (not spec.costly or len(costly_batch["index"])):
-                states[spec.name].update(*((costly_batch, costly_out) if spec.costly else (batch, out)))
+        costly_rows.add(*((batch, out) if keep.all() else (_rows(batch, keep), _rows(out, keep))))
+        for full in costly_rows.full():
+            _update_costly(specs, states, *full)
+    for rest in costly_rows.rest():
+        _update_costly(specs, states, *rest)
     for spec in specs:
         if spec.name in states:
             yield spec, states[spec.name].compute(), None
@@ -383,13 +391,79 @@ def _shared_pass(
             yield spec, MetricResult(value=None), reasons[spec.name]
 
 
+def _update_costly(specs: list[MetricSpec], states: dict[str, Any], batch: dict[str, Any],
+                   out: Explanation) -> None:
+    for spec in specs:
+        if spec.costly and spec.name in states:
+            states[spec.name].update(batch, out)
+
+
+class Rebatcher:
+    """Gathers rows of (batch dict, :class:`Explanation`) pairs into pairs of exactly ``size`` rows, in order.
+
+    :meth:`add` takes a pair (any number of rows, 0 included); :meth:`full` then yields every complete pair
+    gathered so far; :meth:`rest` yields what is left at the end (fewer than ``size`` rows), if anything.
+    A tensor whose first axis is the pair's row count is split by rows and concatenated; a list of that
+    length (collated strings) likewise; any other value is taken from the first pair.
+    """
+
+    def __init__(self, size: int):
+        if size < 1:
+            raise ValueError(f"batch size must be at least 1, got {size}")
+        self.size = size
+        self.pending: list[tuple[dict[str, Any], Explanation]] = []
+        self.rows = 0
+
+    def add(self, batch: dict[str, Any], out: Explanation) -> None:
+        n = len(batch["index"])
+        if n:
+            self.pending.append((batch, out))
+            self.rows += n
+
+    def full(self) -> Iterator[tuple[dict[str, Any], Explanation]]:
+        while self.rows >= self.size:
+            batch, out = self._merged()
+            head = torch.arange(self.rows) < self.size
+            yield _rows(batch, head), _rows(out, head)
+            self.rows -= self.size
+            self.pending = [(_rows(batch, ~head), _rows(out, ~head))] if self.rows else []
+
+    def rest(self) -> Iterator[tuple[dict[str, Any], Explanation]]:
+        if self.rows:
+            yield self._merged()
+            self.pending, self.rows = [], 0
+
+    def _merged(self) -> tuple[dict[str, Any], Explanation]:
+        if len(self.pending) == 1:
+            return self.pending[0]
+        sizes = [len(batch["index"]) for batch, _ in self.pending]
+        batches, outs = zip(*self.pending)
+        batch = {k: _cat([b[k] for b in batches], sizes) for k in batches[0]}
+        fields = {f.name: _cat([getattr(o, f.name) for o in outs], sizes)
+                  for f in dataclasses.fields(Explanation) if f.name != "extra"}
+        extra = {k: _cat([o.extra[k] for o in outs], sizes) for k in outs[0].extra}
+        return batch, Explanation(**fields, extra=extra)
+
+
+def _cat(values: list[Any], sizes: list[int]) -> Any:
+    """Rows of per-pair values joined: tensors and lists whose length is their pair's row count."""
+    if all(isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == n for v, n in zip(values, sizes)):
+        return torch.cat(values)
+    if all(isinstance(v, list) and len(v) == n for v, n in zip(values, sizes)):
+        return [x for v in values for x in v]
+    return values[0]
+
+
 def _rows(data: Any, keep: torch.Tensor) -> Any:
-    """The rows ``keep`` of a batch dict or an :class:`Explanation` (tensors whose first axis is the batch)."""
+    """The rows ``keep`` of a batch dict or an :class:`Explanation` (tensors whose first axis is the batch,
+    and lists of the batch's length)."""
     size = len(keep)
 
     def take(value: Any) -> Any:
         if isinstance(value, torch.Tensor) and value.ndim and value.shape[0] == size:
             return value[keep.to(value.device)]
+        if isinstance(value, list) and len(value) == size:
+            return [v for v, k in zip(value, keep.tolist()) if k]
         return value
 
     if isinstance(data, dict):
