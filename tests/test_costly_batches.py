@@ -7,13 +7,12 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 from protobench import harness
-from protobench.contract import EvalContext, Explanation, MetricResult, MetricSpec, PrototypeModel
+from protobench.contract import Explanation, MetricResult, MetricSpec, PrototypeModel
 from protobench.plugins import registry
 
-QUIET = lambda it, desc="", total=None: it  # noqa: E731
+QUIET = lambda it, desc="", total=None: it
 
 
 def pair(indices: list[int]) -> tuple[dict, Explanation]:
