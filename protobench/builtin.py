@@ -17,6 +17,7 @@ from protobench.metrics.explanation_robustness import EXPLANATION_ROBUSTNESS_MET
 from protobench.metrics.funnybirds import FUNNYBIRDS_METRICS
 from protobench.metrics.object_relevance import OBJECT_RELEVANCE
 from protobench.metrics.region_deletion import REGION_DELETION
+from protobench.metrics.spatial_alignment import SPATIAL_ALIGNMENT_METRICS
 from protobench.metrics.stability import STABILITY
 
 
@@ -46,4 +47,5 @@ def protobench_datasets() -> list[DatasetSpec]:
 @hookimpl
 def protobench_metrics() -> list[MetricSpec]:
     return [ACCURACY, CONSISTENCY, STABILITY, BECAUSE, *FUNNYBIRDS_METRICS, REGION_DELETION,
-            OBJECT_RELEVANCE, *ADVERSARIAL_METRICS, AUTOATTACK, *EXPLANATION_ROBUSTNESS_METRICS, CERTIFIED_ACCURACY, CORRUPTION_ACCURACY]
+            OBJECT_RELEVANCE, *ADVERSARIAL_METRICS, AUTOATTACK, *EXPLANATION_ROBUSTNESS_METRICS, CERTIFIED_ACCURACY, CORRUPTION_ACCURACY,
+            *SPATIAL_ALIGNMENT_METRICS]
