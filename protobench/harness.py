@@ -307,6 +307,7 @@ def evaluate(
         dataset = build_split(registry, settings, "test", eval_transform(_input_size(net.config)))
         info = model_info(net, meta)
         costly = costly_subset(dataset, settings.costly_limit)
+        started, began = time.perf_counter(), _now()
         passes = _shared_pass(net, model, dataset, todo, settings, device, rank, world, costly, progress)
         for spec, result, reason in passes:
             if rank == 0:  # each record lands the moment it is computed
@@ -322,11 +323,17 @@ def evaluate(
                     "settings": dict(run_identity.changed),
                     "identity": run_identity.as_dict(),
                     "checkpoint": run_identity.checkpoint_hash,
+                    "pass_started": began,  # one shared pass computes several records
+                    "pass_seconds": round(time.perf_counter() - started, 3),  # that pass, up to this record
                     "protobench": __version__,
-                    "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                    "created": _now(),
                 })
         barrier()
     return [store.get(key(s.name)) for s in specs]
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def _shared_pass(

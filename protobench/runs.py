@@ -26,6 +26,7 @@ class Run:
     train_seconds: float | None = None
     results: Path | None = None
     metrics: list[str] = field(default_factory=list)
+    eval_seconds: float | None = None  # the shared passes that computed its records
 
 
 def inventory(workdir: str | Path, dataset: str | None = None) -> list[Run]:
@@ -49,14 +50,27 @@ def inventory(workdir: str | Path, dataset: str | None = None) -> list[Run]:
         made_by = (ds, profile, model, records[0]["checkpoint"], seed)
         evaluated.add(made_by)
         directory = checkpoints.get(made_by)
-        runs.append(_run(ds, profile, model, records[0]["label"], seed, directory,
-                         results=store.path(_key(records[0])).parent, metrics=sorted(r["metric"] for r in records)))
+        run = _run(ds, profile, model, records[0]["label"], seed, directory,
+                   results=store.path(_key(records[0])).parent, metrics=sorted(r["metric"] for r in records))
+        run.eval_seconds = eval_seconds(records)
+        runs.append(run)
     for made_by, directory in checkpoints.items():
         if made_by not in evaluated:
             ds, profile, model, _, seed = made_by
             changed = checkpoint.read_meta(directory).get("info", {}).get("settings", {})
             runs.append(_run(ds, profile, model, label(model, changed), seed, directory))
     return sorted(runs, key=lambda r: (r.dataset, r.profile, r.label, r.seed))
+
+
+def eval_seconds(records: Iterable[dict[str, Any]]) -> float | None:
+    """Seconds of the shared passes that computed ``records`` (each pass's longest ``pass_seconds``, summed);
+    None where no record says (records written before records carried it)."""
+    passes: dict[str, float] = {}
+    for record in records:
+        if "pass_seconds" in record:
+            began = record["pass_started"]
+            passes[began] = max(passes.get(began, 0.0), record["pass_seconds"])
+    return sum(passes.values()) if passes else None
 
 
 def _key(record: dict[str, Any]) -> RecordKey:
@@ -82,7 +96,8 @@ def describe(runs: Iterable[Run], default_metrics: Iterable[str] = ()) -> str:
             lines.append("  results: none (not evaluated)")
             continue
         missing = sorted(expected - set(run.metrics))
-        lines.append(f"  results: {run.results}: {len(run.metrics)} metrics ({', '.join(run.metrics)})")
+        took = f" (evaluated in {run.eval_seconds:.0f} s)" if run.eval_seconds is not None else ""
+        lines.append(f"  results: {run.results}: {len(run.metrics)} metrics ({', '.join(run.metrics)}){took}")
         if missing:
             lines.append(f"  default metrics not done: {', '.join(missing)}")
     return "\n".join(lines)

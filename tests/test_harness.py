@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import torch
 import torchmetrics
 from torch.utils.data import Dataset
 
-from protobench import harness
+from protobench import harness, runs
 from protobench.contract import DatasetSpec, Explanation, MetricResult, MetricSpec, PrototypeModel
 from protobench.data.synthbirds import build_synthbirds
 from protobench.overrides import fits
@@ -363,8 +364,16 @@ def test_runs_lists_configurations_checkpoints_and_metrics(toy_cli):
     text = done.stdout
     assert "colours quick toy_a seed 0\n  checkpoint: .protobench/checkpoints/colours/quick/toy_a/" in text
     assert "  default metrics not done: hits\n" in text
+    assert re.search(r"toy_a seed 0\n.*\n  results: .*\) \(evaluated in \d+ s\)\n", text)
     assert "colours quick toy_b [input_size=4] seed 0\n" in text and "results: none (not evaluated)" in text
     assert toy_cli("runs", "--workdir", "empty").stdout.startswith("no checkpoints or results in empty")
+
+
+def test_eval_seconds_add_the_longest_record_of_each_shared_pass():
+    records = [{"pass_started": "a", "pass_seconds": 2.0}, {"pass_started": "a", "pass_seconds": 3.5},
+               {"pass_started": "b", "pass_seconds": 1.0}, {"metric": "from an older protobench"}]
+    assert runs.eval_seconds(records) == 4.5
+    assert runs.eval_seconds(records[3:]) is None
 
 
 def test_a_workdir_from_before_run_identities_is_refused_in_one_line(toy_cli):
