@@ -19,10 +19,11 @@ from protobench.gallery import contact_sheet
 from protobench.harness import Settings
 from protobench.plugins import PluginError, Registry, registry
 from protobench.store import StoreError
+from protobench.training import NonFiniteLossError
 
 #: Errors that are the user's input, not a bug: printed as one line, exit status 2.
 USER_ERRORS = (PluginError, StoreError, checkpoint.CheckpointError, harness.ModelOutputError,
-               FileNotFoundError, ValueError)
+               NonFiniteLossError, FileNotFoundError, ValueError)
 
 
 def _key_values(pairs: Sequence[str], flag: str) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from protobench.progress import progress as default_progress
 from protobench.standin import resolve_weights
 from protobench.state_files import read_state_dict
 from protobench.store import RecordKey, ResultStore
+from protobench.training import NonFiniteLossError
 
 #: Test images fed to costly metrics per profile (0 = all; chosen by :func:`costly_subset`). ``quick``: 24
 #: (one per synthbirds class), since one PGD step costs a forward and a backward pass and a 2-core CPU
@@ -177,7 +178,10 @@ def train(registry: Registry, model: str, settings: Settings, progress: Any = de
         owner = registry.owners.get(("models", model), "?")
         raise ContractError("\n".join(f"model {model!r} of plugin {owner} {line}" for line in found))
     start = time.perf_counter()
-    net = spec.train(net, data, config, progress)
+    try:
+        net = spec.train(net, data, config, progress)
+    except NonFiniteLossError as exc:
+        raise NonFiniteLossError(f"model {model!r} diverged, no checkpoint written: {exc}") from exc
     seconds = time.perf_counter() - start
     directory = settings.checkpoint_dir(run_identity)
     info = {"train_seconds": round(seconds, 1), "device": str(device), "seed": settings.seed,

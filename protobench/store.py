@@ -11,6 +11,7 @@ every record already on disk.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +44,18 @@ class ResultStore:
         return self.root / key.dataset / key.profile / key.model / key.run / f"seed{key.seed}" / f"{key.metric}.json"
 
     def has(self, key: RecordKey) -> bool:
-        return self.path(key).is_file()
+        """Whether the record exists and reads; an unreadable one (a torn or foreign file) counts as missing,
+        with a warning, so that it is recomputed and overwritten."""
+        path = self.path(key)
+        if not path.is_file():
+            return False
+        try:
+            json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            print(f"protobench: warning: result record {path} is unreadable ({exc}); recomputing it",
+                  file=sys.stderr)
+            return False
+        return True
 
     def put(self, key: RecordKey, record: dict[str, Any]) -> None:
         write_json_atomic(self.path(key), {**record, **key.__dict__})

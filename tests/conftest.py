@@ -29,7 +29,8 @@ TOY_PLUGIN = textwrap.dedent('''
                 f.write(line + "\\n")
 
     def fault(name):
-        """TOY_FAIL=<model>:<fault> plants a fault in one model: train (raises), logits (wrong shape)."""
+        """TOY_FAIL=<model>:<fault> plants a fault in one model: train (raises), logits (wrong shape),
+        nan_loss (the shared trainer meets a NaN loss in its second epoch)."""
         model, _, what = os.environ.get("TOY_FAIL", "").partition(":")
         return what if model == name else ""
 
@@ -56,6 +57,17 @@ TOY_PLUGIN = textwrap.dedent('''
         log(f"train {config['name']}")
         if fault(config["name"]) == "train":
             raise RuntimeError("boom in training")
+        if fault(config["name"]) == "nan_loss":
+            from protobench.training import ParamGroup, Phase, run_recipe
+
+            def diverging(model, batch):
+                logits = model(batch["image"])
+                scale = float("nan") if model.trained.item() else 1.0
+                model.trained.fill_(1)
+                return logits, {"cross_entropy": nn.functional.cross_entropy(logits, batch["label"]) * scale}
+
+            phase = Phase("warm", 2, (ParamGroup("head", 0.1),), diverging, {"cross_entropy": 1.0})
+            run_recipe(model, [phase], data, progress, batch_size=24)
         if os.environ.get("TOY_HANG") == config["name"]:
             time.sleep(600)
         opt = torch.optim.SGD(model.parameters(), lr=1.0)

@@ -87,13 +87,43 @@ def test_killed_during_second_training_keeps_the_first_model(toy_cli):
 
 def test_killed_during_a_metric_keeps_the_metrics_before_it(toy_cli):
     _kill_when(toy_cli, "compute counted toy_a", hang="counted")
-    assert not any("toy_a/" in r and r.endswith("/needs_protos.json") for r in _records(toy_cli.cwd))  # after counted
-    hits = _results(toy_cli.cwd, "toy_a") / "hits.json"
-    assert not hits.exists() or json.loads(hits.read_text())["value"] == 1.0
+    results = _results(toy_cli.cwd, "toy_a")
+    kept = results / "costly_hits.json"  # metrics are computed in name order: costly_hits, then counted
+    assert kept.exists() and not (results / "counted.json").exists() and not (results / "hits.json").exists()
+    before = (kept.read_text(), kept.stat().st_mtime_ns)
     assert toy_cli(*RUN).returncode == 0
-    log = toy_cli.log.read_text().splitlines()
-    assert log.count("train toy_a") == 1  # the checkpoint survived: no retraining
-    assert len(_records(toy_cli.cwd)) == 8  # 4 default metrics x 2 models
+    assert (kept.read_text(), kept.stat().st_mtime_ns) == before  # kept, not recomputed
+    assert toy_cli.log.read_text().splitlines().count("train toy_a") == 1  # the checkpoint survived
+    assert all((_results(toy_cli.cwd, m) / f"{name}.json").exists()
+               for m in ("toy_a", "toy_b") for name in ("costly_hits", "counted", "hits"))
+
+
+def test_an_unreadable_record_is_recomputed_with_a_warning(toy_cli):
+    assert toy_cli(*RUN).returncode == 0
+    torn, other = _results(toy_cli.cwd, "toy_a") / "hits.json", _results(toy_cli.cwd, "toy_a") / "counted.json"
+    good = json.loads(torn.read_text())
+    torn.write_text('{"value": 0.5, "det')
+    stamp = other.stat().st_mtime_ns
+    done = toy_cli(*RUN)
+    assert done.returncode == 0, done.stderr
+    (line,) = [x for x in done.stderr.splitlines() if "warning" in x]
+    assert f"{torn.relative_to(toy_cli.cwd)} is unreadable" in line and line.endswith("recomputing it")
+    again = json.loads(torn.read_text())
+    assert again["value"] == good["value"] and again["created"] >= good["created"]
+    assert other.stat().st_mtime_ns == stamp
+
+
+def test_a_nan_loss_is_one_line_naming_the_model_and_epoch_and_the_others_go_on(toy_cli):
+    env = {"TOY_FAIL": "toy_a:nan_loss"}
+    alone = toy_cli("train", "--dataset", "colours", "--model", "toy_a", extra_env=env)
+    assert alone.returncode == 2 and len(alone.stderr.strip().splitlines()) == 1, alone.stderr
+    assert "model 'toy_a' diverged" in alone.stderr and "phase 'warm', epoch 2/2" in alone.stderr
+    done = toy_cli(*RUN, extra_env=env)
+    assert done.returncode != 0
+    (line,) = [x for x in done.stderr.splitlines() if "toy_a" in x]
+    assert "NonFiniteLossError" in line and "epoch 2/2" in line
+    assert (_results(toy_cli.cwd, "toy_b") / "hits.json").exists()
+    assert not list((toy_cli.cwd / ".protobench/checkpoints/colours/quick/toy_a").glob("*/seed0/*.json"))
 
 
 def test_nan_model_gets_a_clear_error_and_keeps_other_records(toy_cli):
