@@ -151,7 +151,7 @@ def test_metric_names_are_one_column_per_attack_and_epsilon_and_autoattack_is_no
 
 
 def test_pgd_and_fgsm_equal_torchattacks_on_a_nonlinear_model():
-    torchattacks = pytest.importorskip("torchattacks")
+    torchattacks = pytest.importorskip("torchattacks", reason="the PGD/FGSM/AutoAttack cross-check needs torchattacks (the dev extra)")
     model = mlp(1)
     images = torch.rand(16, *SHAPE, generator=torch.Generator().manual_seed(2))
     labels = torch.randint(0, 3, (16,), generator=torch.Generator().manual_seed(3))
@@ -176,7 +176,7 @@ def linear_robust(model: Linear, images: torch.Tensor, labels: torch.Tensor, eps
 
 @pytest.mark.slow
 def test_autoattack_robust_accuracy_equals_the_exact_count_of_a_linear_model():
-    pytest.importorskip("torchattacks")
+    pytest.importorskip("torchattacks", reason="the PGD/FGSM/AutoAttack cross-check needs torchattacks (the dev extra)")
     g = torch.Generator().manual_seed(4)
     weight = torch.randn(4, 6, generator=g) * 3
     model = Linear(weight, -weight.sum(dim=1) / 2)  # AutoAttack's targeted DLR loss needs 4 classes

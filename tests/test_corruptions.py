@@ -53,8 +53,8 @@ def imagecorruptions():
     It imports ``pkg_resources`` only to find its frost images (unused here); setuptools >= 81 no longer ships
     it, so a stand-in is provided, for the duration of these tests, where it is missing.
     """
-    pytest.importorskip("cv2")
-    pytest.importorskip("skimage")
+    pytest.importorskip("cv2", reason="the OpenCV cross-check needs cv2 (opencv, installed with imagecorruptions in the dev extra)")
+    pytest.importorskip("skimage", reason="imagecorruptions needs scikit-image")
     stand_in = None
     try:
         import pkg_resources  # noqa: F401
@@ -63,7 +63,7 @@ def imagecorruptions():
         stand_in.resource_filename = lambda package, name: name
         sys.modules["pkg_resources"] = stand_in
     try:
-        yield pytest.importorskip("imagecorruptions")
+        yield pytest.importorskip("imagecorruptions", reason="the cross-check against imagecorruptions needs it (the dev extra)")
     finally:
         if stand_in is not None and sys.modules.get("pkg_resources") is stand_in:
             del sys.modules["pkg_resources"]
@@ -152,7 +152,7 @@ def test_disk_kernel_matches_opencv(imagecorruptions):
 
 
 def test_reflect101_matches_opencv_borders_past_the_image():
-    cv2 = pytest.importorskip("cv2")
+    cv2 = pytest.importorskip("cv2", reason="the OpenCV cross-check needs cv2 (opencv, installed with imagecorruptions in the dev extra)")
     images = torch.rand(2, 3, 5, 7, generator=torch.Generator().manual_seed(0))
     for pad in (2, 4, 6, 9, 20):  # torch's reflect padding refuses pad >= 5
         ours = reflect101(images, pad)
@@ -163,7 +163,7 @@ def test_reflect101_matches_opencv_borders_past_the_image():
 
 def test_defocus_blur_of_images_smaller_than_its_kernel_matches_filter2d():
     """imagecorruptions filters each channel with ``cv2.filter2D`` (reflect-101), whatever the image size."""
-    cv2 = pytest.importorskip("cv2")
+    cv2 = pytest.importorskip("cv2", reason="the OpenCV cross-check needs cv2 (opencv, installed with imagecorruptions in the dev extra)")
     images = torch.rand(1, 3, 8, 12, generator=torch.Generator().manual_seed(1))
     for severity in (1, 5):  # 17 x 17 and 21 x 21 kernels on 8 x 12 images
         kernel = disk_kernel(*DEFOCUS_BLUR[severity - 1]).numpy()

@@ -149,7 +149,7 @@ def test_top_area_follows_cabrnets_indexing():
 
 
 def test_mass_and_pointing_agree_with_quantus():
-    quantus = pytest.importorskip("quantus")
+    quantus = pytest.importorskip("quantus", reason="the cross-check against quantus needs it (the dev extra)")
     g = torch.Generator().manual_seed(0)
     attribution = torch.rand(5, SIZE, SIZE, generator=g)
     attribution[1, 3, 3] = 5.0  # a unique maximum

@@ -199,7 +199,7 @@ def test_a_black_box_is_scored_through_integrated_gradients():
 
 
 def test_region_deletion_agrees_with_quantus_region_perturbation():
-    quantus = pytest.importorskip("quantus")
+    quantus = pytest.importorskip("quantus", reason="the cross-check against quantus needs it (the dev extra)")
     # 33 px: regions are 11 x 11 (half size round(36 * 33 / 224) = 5), and a prototype centred on a cell of
     # the 3 x 3 grid of 11 px patches has exactly that patch as its region: quantus's patches are our regions.
     size, patch = 33, 11
