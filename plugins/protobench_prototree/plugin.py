@@ -38,7 +38,7 @@ PAPER = {
     "batch_size": 64,
     "project_batch_size": 64,
     "epochs": 100,
-    "freeze_epochs": 2,
+    "freeze_epochs": 30,  # the official CUB command (M-Nauta/ProtoTree README: --freeze_epochs 30)
     "lr": 1e-3,
     "lr_block": 1e-3,
     "lr_net": 1e-5,
