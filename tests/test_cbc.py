@@ -58,16 +58,46 @@ def test_original_reasoning_matches_hand_computed_values() -> None:
     assert torch.allclose(head(d)[:, 0], torch.tensor([1.0 / 1.5, 1.0]), atol=1e-6)
 
 
-def test_contributions_read_present_and_absent() -> None:
+def test_contributions_are_present_evidence_and_absence_is_extra() -> None:
+    """By hand: contributions d (r+ - r-), absence evidence (1 - d) r-, baseline sum_k r-; they add up to p."""
     head = _stable_head(POSITIVE, NEGATIVE)
-    d = torch.tensor([[1.0, 0.0]])  # component 0 present, component 1 absent
-    concepts = head.concept_probabilities(d)
-    contributions = head.contributions(d, concepts)[0]  # [K, C]
-    # class 0 because component 0 is present (positive reasoning) and component 1 absent (negative reasoning)
-    assert contributions[0, 0] > 0 and contributions[1, 0] > 0
-    # class 1 against: its positive component 1 is absent, its negative component 0 present
-    assert contributions[0, 1] < 0 and contributions[1, 1] < 0
-    assert torch.allclose(contributions.sum(0), head(d)[0] - 0.5, atol=1e-6)
+    d = torch.tensor([[1.0, 0.0], [0.5, 0.25]])  # image 0: component 0 present, component 1 absent
+    contributions, absent, baseline = head.evidence(d, head.concept_probabilities(d))
+    # image 0: class 0: component 0 present, r+ 0.8 -> 0.8; component 1 absent -> 0 (located nowhere)
+    #          class 1: component 0 present, r- 0.5 -> -0.5 (present although class 1 needs it absent); 0
+    # image 1: class 0: 0.5 * 0.8 = 0.4, 0.25 * (0 - 0.2) = -0.05; class 1: 0.5 * -0.5 = -0.25, 0.25 * 0.5
+    expected = torch.tensor([[[0.8, -0.5], [0.0, 0.0]], [[0.4, -0.25], [-0.05, 0.125]]])
+    assert torch.allclose(contributions, expected, atol=1e-6)
+    # absence evidence (1 - d) r-: image 0: class 0 because component 1 is absent (0.2); class 1: 0.5 * 0
+    expected_absent = torch.tensor([[[0.0, 0.0], [0.2, 0.0]], [[0.0, 0.25], [0.15, 0.0]]])
+    assert torch.allclose(absent, expected_absent, atol=1e-6)
+    assert torch.allclose(baseline, torch.tensor([[0.2, 0.5], [0.2, 0.5]]), atol=1e-6)
+    p = head(d)  # [[1.0, 0.0], [0.55, 0.375]] (test_stable_reasoning_matches_hand_computed_values)
+    assert torch.allclose(p, torch.tensor([[1.0, 0.0], [0.55, 0.375]]), atol=1e-6)
+    # Eq. 5: p = d . (r+ - r-) + sum r-
+    assert torch.allclose(contributions.sum(1) + baseline, p, atol=1e-6)
+    # and p = sum_k d r+ + (1 - d) r-, the presence evidence d r+ being contributions + d r-
+    negative = torch.tensor(NEGATIVE)
+    presence = contributions + d[:, :, None] * negative[None]
+    assert torch.allclose((presence + absent).sum(1), p, atol=1e-6)
+
+
+def test_evidence_sums_to_probabilities_with_several_concepts_per_class() -> None:
+    torch.manual_seed(0)
+    for reasoning in ("stable", "original"):
+        head = ReasoningHead(5, 3, reasoning, reasonings_per_class=2)
+        d = torch.rand(4, 5)
+        contributions, absent, baseline = head.evidence(d, head.concept_probabilities(d))
+        assert torch.allclose(contributions.sum(1) + baseline, head(d), atol=1e-5)
+        assert (absent >= 0).all()
+
+
+def test_model_explanation_carries_absent_evidence() -> None:
+    model = _shallow_model()
+    model.eval()
+    out = model.explain(torch.randn(5, 4))
+    assert out.extra["absent_evidence"].shape == out.contributions.shape == (5, 6, 3)
+    assert torch.allclose(out.contributions.sum(1) + out.extra["baseline"], out.extra["probabilities"], atol=1e-5)
 
 
 def test_margin_loss_by_hand() -> None:
@@ -181,3 +211,28 @@ def test_conformance_kit_passes() -> None:
 @pytest.mark.slow
 def test_conformance_kit_passes_robust() -> None:
     assert check_model("cbc-robust") == []
+
+
+def test_certificate_budgets_are_fractions_of_the_latent_scale_set_before_training() -> None:
+    from protobench_cbc.recipe import init_components
+
+    model = _shallow_model()
+    model.register_buffer("latent_scale", torch.tensor(1.0))
+    latents = 2 * torch.randn(10, 4, 3, 3, generator=torch.Generator().manual_seed(3))
+    init_components(model, latents)
+    scale = latents.pow(2).sum(1).mean().sqrt().item()  # RMS L2 norm of a latent cell
+    assert model.latent_scale.item() == pytest.approx(scale, rel=1e-6)
+    certificate = model.certificate
+    assert certificate["space"] == "feature"
+    assert certificate["epsilons"] == pytest.approx([scale * k / 255 for k in (1, 2, 4, 8)], rel=1e-6)
+
+
+def test_robust_objective_on_cached_latents_equals_the_one_on_images() -> None:
+    from protobench_cbc.recipe import robust_objective
+
+    model = _shallow_model()
+    x, y = torch.randn(8, 4, generator=torch.Generator().manual_seed(4)), torch.arange(8) % 3
+    from_images = robust_objective(model, {"image": x, "label": y}, 1.58)
+    from_latents = robust_objective(model, {"image": torch.zeros(8, 0), "latent": model.latent(x), "label": y}, 1.58)
+    assert torch.allclose(from_images[0], from_latents[0])
+    assert torch.allclose(from_images[1]["robust"], from_latents[1]["robust"])

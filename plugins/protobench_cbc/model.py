@@ -24,9 +24,13 @@ Both output ``logits = log p`` (``p`` the class probabilities): monotone, so the
 ``softmax(logits)`` is ``p`` normalised, which the probability-based metrics read. ``similarities`` are the
 per-cell detection maps (``DeepCBC``: the channel softmax; ``RobustCBC``: ``exp(-dist / sigma)``), whose max
 over the grid is ``d``; ``prototype_classes`` is -1 for every component; ``contributions`` are
-:meth:`.reasoning.ReasoningHead.contributions` (``(d - 1/2)(r+ - r-)``: "class c because component 3 is
-present (positive reasoning) and component 7 absent (negative reasoning)" is a positive entry for each);
-``extra`` holds ``detections [B, K]`` and ``probabilities [B, C]``; :meth:`reasoning` gives ``r+, r-`` per class.
+the evidence located in the image (:meth:`.reasoning.ReasoningHead.evidence`): ``d (r+ - r-)``, what the
+PRESENT components argue for (positive) or against (negative) each class, so that region-based metrics weight
+a component's region (its detection map's peak, meaningful only where the component is present) by it.
+The absence evidence ``(1 - d) r-`` ("class c because component 7 is absent") is in
+``extra["absent_evidence"] [B, K, C]``, located nowhere; ``extra["baseline"] [B, C]`` is ``sum_k r-``, and
+``contributions.sum(1) + baseline = p`` exactly. ``extra`` also holds ``detections [B, K]`` and
+``probabilities [B, C]``; :meth:`reasoning` gives ``r+, r-`` per class.
 
 Departures: the backbone comes from timm via protobench (never downloaded) and the model normalises ``[0, 1]``
 images itself; a backbone's constant ``output_scale`` (LocalNet's 0.005) is divided out before the softmax,
@@ -89,9 +93,10 @@ class _CBCBase(PrototypeModel):
             concepts = self.head.concept_probabilities(d)
             p = self.head.class_probabilities(concepts)
             logits = torch.log(p.clamp_min(torch.finfo(p.dtype).tiny))
-            contributions = self.head.contributions(d, concepts)
+            contributions, absent, baseline = self.head.evidence(d, concepts)
         return Explanation(logits=logits, similarities=maps, contributions=contributions,
-                           extra={"detections": d, "probabilities": p})
+                           extra={"detections": d, "probabilities": p, "absent_evidence": absent,
+                                  "baseline": baseline})
 
 
 class DeepCBC(_CBCBase):
@@ -112,8 +117,10 @@ class DeepCBC(_CBCBase):
 class RobustCBC(_CBCBase):
     """Robust stable CBC on the latent grid (see the module doc); certifies in feature space only."""
 
-    #: Where :meth:`certified_margin` certifies: read by reports (see the plugin's README notes).
-    certificate: ClassVar[dict[str, str]] = {"space": "feature", "norm": "l2 per latent cell (implies l2 over the whole latent grid)"}
+    #: The certified-accuracy budgets as fractions of :attr:`latent_scale`: the pixel budgets (1, 2, 4, 8)/255
+    #: of :data:`protobench.metrics.adversarial.EPSILONS`, read relative to the latent's scale instead of the
+    #: pixel range [0, 1] (see :attr:`certificate`).
+    EPSILON_FRACTIONS: ClassVar[tuple[float, ...]] = (1 / 255, 2 / 255, 4 / 255, 8 / 255)
 
     def __init__(self, config: dict[str, Any]):
         if config.get("reasoning", "stable") != "stable":
@@ -125,6 +132,23 @@ class RobustCBC(_CBCBase):
         self.squared = config["distance"] == "squared_euclidean"
         self.components = nn.Parameter(torch.randn(k, self.channels))
         self.raw_sigma = nn.Parameter(torch.full((k,), float(config["sigma"])))
+        #: RMS L2 norm of a latent cell over the training images (set by the recipe's init, before training).
+        self.register_buffer("latent_scale", torch.tensor(1.0))
+
+    @property
+    def certificate(self) -> dict[str, object]:
+        """Where :meth:`certified_margin` certifies, read by the certified_accuracy metric.
+
+        The radius is in latent units, so the pixel budgets (8/255 of the [0, 1] pixel range) mean nothing
+        for it. Model-independent rule: the budgets are the same fractions, (1, 2, 4, 8)/255, of the
+        latent's own scale, the RMS L2 norm of a latent cell of the frozen backbone over the training images
+        (:attr:`latent_scale`, measured before training; it depends on the backbone and data only, never on
+        the components, sigma or reasoning, so no model can move its own budget). Quick profile: 55.5, so
+        0.22, 0.44, 0.87, 1.74.
+        """
+        scale = float(self.latent_scale)
+        return {"space": "feature", "norm": "l2 per latent cell (implies l2 over the whole latent grid)",
+                "epsilons": tuple(f * scale for f in self.EPSILON_FRACTIONS)}
 
     @property
     def sigma(self) -> Tensor:
@@ -140,7 +164,11 @@ class RobustCBC(_CBCBase):
 
     def min_distances(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(distances [B, K, h, w], min over the grid [B, K])``."""
-        dist = self.distances(self.latent(x))
+        return self.latent_distances(self.latent(x))
+
+    def latent_distances(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`min_distances` of a latent grid ``z [B, D, h, w]``."""
+        dist = self.distances(z)
         return dist, dist.flatten(2).amin(dim=2)
 
     def maps_and_detections(self, x: Tensor) -> tuple[Tensor, Tensor]:

@@ -73,20 +73,35 @@ class ReasoningHead(nn.Module):
     def forward(self, d: Tensor) -> Tensor:
         return self.class_probabilities(self.concept_probabilities(d))
 
-    def contributions(self, d: Tensor, concepts: Tensor) -> Tensor:
-        """``[B, K, C]``: ``(d_k - 1/2) (r+_{k,m} - r-_{k,m}) / Z_m`` for each class's winning concept ``m``.
+    def evidence(self, d: Tensor, concepts: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(contributions [B, K, C], absent [B, K, C], baseline [B, C])`` for each class's winning concept ``m``.
 
-        Agreement minus disagreement of component ``k`` (NeurIPS 2019, Sec. 2: a detected component agrees
-        with positive reasoning, an undetected one with negative reasoning), halved: positive when the
-        component is present and positively reasoned or absent and negatively reasoned, negative in the two
-        other cases, 0 when it is irrelevant or its detection is undecided (1/2). Summed over the components it
-        is exactly ``p_c - 1/2`` (for the original CBC up to its eps).
+        With ``p_m = sum_k d_k r+_{k,m} + (1 - d_k) r-_{k,m}`` (stable CBC; the original divides by ``Z_m``):
+
+        * ``contributions = d_k (r+_{k,m} - r-_{k,m}) / Z_m``: the evidence LOCATED IN THE IMAGE, carried by
+          the detection ``d_k`` of a component that is present: positive when the present component is
+          positively reasoned for the class, negative when it is negatively reasoned (present although the
+          class needs it absent); about 0 when the component is absent, since an absent component has no
+          region. Region-based metrics weight a component's region (the peak of its detection map) by it.
+        * ``absent = (1 - d_k) r-_{k,m} / Z_m``: the absence evidence, "class c because component 7 is
+          absent"; it is located nowhere in the image.
+        * ``baseline = sum_k r-_{k,m} / Z_m``: the class's probability when no component is detected.
+
+        ``sum_k contributions + baseline = p_m`` (Eq. 5's ``d . (r+ - r-) + sum r-``) and the presence
+        evidence ``d r+ / Z = contributions + d r- / Z``, so ``sum_k (contributions + d r- / Z + absent) = p_m``.
         """
         positive, negative = self.reasoning_probabilities()
-        weight = (positive - negative) / self.normaliser()  # [K, M]
+        normaliser = self.normaliser()
         winner = concepts.view(len(d), -1, self.num_classes).argmax(dim=1)  # [B, C]
-        index = winner * self.num_classes + torch.arange(self.num_classes, device=d.device)
-        return (d - 0.5)[:, :, None] * weight.t()[index].transpose(1, 2)
+        index = winner * self.num_classes + torch.arange(self.num_classes, device=d.device)  # [B, C]
+        weight = ((positive - negative) / normaliser).t()[index].transpose(1, 2)  # [B, K, C]
+        absent = (negative / normaliser).t()[index].transpose(1, 2)  # [B, K, C]
+        baseline = (negative.sum(0) / normaliser)[index]  # [B, C]
+        return d[:, :, None] * weight, (1 - d)[:, :, None] * absent, baseline
+
+    def contributions(self, d: Tensor, concepts: Tensor) -> Tensor:
+        """``[B, K, C]``: the first of :meth:`evidence`, ``d_k (r+ - r-) / Z`` (present components)."""
+        return self.evidence(d, concepts)[0]
 
     @torch.no_grad()
     def clamp_(self) -> None:

@@ -24,12 +24,15 @@ unchanged. The official schedules are per batch (cosine) and ReduceLROnPlateau (
 phases; here the cosine is stepped per epoch and the plateau schedulers are left out (they never fire within
 the quick profile's few epochs). Adam (with weight decay 0 as the official config) stands in for AdamW.
 
-Robust CBC (enlaight ``RobustStableCBC``; its experiments' ``experiments/base_script.py``): an ``init`` step
-sets the components to random latent cells of training images and sigma (all components alike) by enlaight's
-recommendation ``sigma = -(mean + std) / ln(p0)`` of the minimal distances, ``p0 = 0.5``
-(``ExponentiallySquashedNegativeDistance``'s doc); then ``robust`` trains components, sigma and reasoning
-with Adam at ``lr`` (enlaight's default 1e-2) on ``relu(robust_margin - radius)`` with the true label, the
-backbone frozen (the certificate is in its feature space).
+Robust CBC (enlaight ``RobustStableCBC``; its experiments' ``experiments/base_script.py``): the backbone is
+frozen (the certificate is in its feature space), so the latent grids of the training images are computed
+once, in eval mode, and the robust phase trains on them (:func:`cache_latents`; departure: no augmentation in
+this phase, the un-augmented ``push`` images; in return, 20x cheaper epochs and batch-norm statistics that are
+the eval ones). An init sets the components to random latent cells of training images and sigma (all
+components alike) by enlaight's recommendation ``sigma = -(mean + std) / ln(p0)`` of the minimal distances,
+``p0 = 0.5`` (``ExponentiallySquashedNegativeDistance``'s doc), and measures the latent scale that fixes the
+certificate's budgets; then ``robust`` trains components, sigma and reasoning with Adam at ``lr`` (enlaight's
+default 1e-2) on ``relu(robust_margin - radius)`` with the true label.
 """
 
 from __future__ import annotations
@@ -128,27 +131,61 @@ def train_deep(model: PrototypeModel, data: TrainData, config: dict[str, Any], p
     return model
 
 
+class LatentSet(torch.utils.data.Dataset):
+    """Cached latent grids as training items: ``{"latent": z, "label": y, "image": empty placeholder}``."""
+
+    def __init__(self, latents: Tensor, labels: Tensor):
+        self.latents, self.labels = latents, labels
+        self.placeholder = torch.zeros(0)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"image": self.placeholder, "latent": self.latents[i], "label": self.labels[i]}
+
+
 @torch.no_grad()
-def init_components(model: RobustCBC, data: TrainData, progress: Progress, images: int = 256, p0: float = 0.5) -> None:
-    """Components from random latent cells of ``images`` push images; sigma from their minimal distances."""
-    generator = torch.Generator().manual_seed(torch.initial_seed() % 2**31)
-    index = torch.randperm(len(data.push), generator=generator)[:images]
-    device = model.components.device
+def cache_latents(model: RobustCBC, data: TrainData, progress: Progress, batch: int = 128) -> LatentSet:
+    """The frozen backbone's latent grids of every ``push`` image (eval mode), once."""
     was_training = model.training
     model.eval()
-    x = torch.stack([data.push[int(i)]["image"] for i in index]).to(device)
-    z = torch.cat([model.latent(part) for part in x.split(64)])  # [N, D, h, w]
+    loader = torch.utils.data.DataLoader(data.push, batch_size=batch, num_workers=data.num_workers)
+    latents, labels = [], []
+    for item in progress(loader, desc="latents", total=len(loader)):
+        latents.append(model.latent(item["image"].to(model.components.device)).cpu())
+        labels.append(item["label"])
+    model.train(was_training)
+    return LatentSet(torch.cat(latents), torch.cat(labels))
+
+
+@torch.no_grad()
+def init_components(model: RobustCBC, latents: Tensor, images: int = 256, p0: float = 0.5) -> None:
+    """Components from random latent cells of ``images`` training grids; sigma from their minimal distances.
+
+    Also sets ``model.latent_scale`` (the RMS L2 norm of a latent cell over all ``latents``), which fixes
+    the certificate's budgets (:attr:`.model.RobustCBC.certificate`) before any training.
+    """
+    generator = torch.Generator().manual_seed(torch.initial_seed() % 2**31)
+    device = model.components.device
+    model.latent_scale.fill_(float(latents.pow(2).sum(1).mean().sqrt()))
+    z = latents[torch.randperm(len(latents), generator=generator)[:images]].to(device)  # [N, D, h, w]
     cells = z.permute(0, 2, 3, 1).flatten(0, 2)
     k = model.components.shape[0]
     model.components.copy_(cells[torch.randperm(len(cells), generator=generator)[:k]])
-    nearest = torch.cat([model.min_distances(part)[1] for part in x.split(64)])
+    nearest = torch.cat([model.latent_distances(part)[1] for part in z.split(64)])
     model.raw_sigma.fill_(float(-(nearest.mean() + nearest.std()) / math.log(p0)))
-    model.train(was_training)
 
 
 def robust_objective(model: RobustCBC, batch: dict[str, Any], margin: float | None) -> tuple[Tensor, dict[str, Tensor]]:
-    """enlaight's robust loss ``relu(margin - radius)`` (``-radius`` without a margin) on the true labels."""
-    _, nearest = model.min_distances(batch["image"])
+    """enlaight's robust loss ``relu(margin - radius)`` (``-radius`` without a margin) on the true labels.
+
+    Reads the cached latent grid ``batch["latent"]`` where there is one, else runs the backbone on the image.
+    """
+    if "latent" in batch:
+        _, nearest = model.latent_distances(batch["latent"].float())
+    else:
+        _, nearest = model.min_distances(batch["image"])
     radius = model.radius(nearest, batch["label"])
     with torch.no_grad():
         logits = torch.log(model.head(torch.exp(-nearest / model.sigma)).clamp_min(1e-30))
@@ -156,14 +193,17 @@ def robust_objective(model: RobustCBC, batch: dict[str, Any], margin: float | No
 
 
 def robust_recipe(config: dict[str, Any]) -> list[Phase | Step]:
-    """Init step, then the robust phase (keys: see the plugin's ``ROBUST_PAPER``)."""
+    """The robust phase (keys: see the plugin's ``ROBUST_PAPER``); :func:`train_robust` runs the init first."""
     groups = tuple(ParamGroup(name, config["lr"]) for name in ("components", "raw_sigma", "head"))
-    return [Step("init", init_components),
-            Phase("robust", config["epochs"], groups, partial(robust_objective, margin=config["robust_margin"]),
+    return [Phase("robust", config["epochs"], groups, partial(robust_objective, margin=config["robust_margin"]),
                   {"robust": 1.0})]
 
 
 def train_robust(model: PrototypeModel, data: TrainData, config: dict[str, Any], progress: Progress) -> PrototypeModel:
-    """ModelSpec.train for ``cbc-robust``."""
-    run_recipe(model, robust_recipe(config), data, progress, batch_size=config["batch_size"])
+    """ModelSpec.train for ``cbc-robust``: cache the frozen backbone's latents, init, then the robust phase."""
+    latents = cache_latents(model, data, progress)
+    init_components(model, latents.latents)
+    cached = TrainData(train=latents, push=data.push, test=data.test, num_classes=data.num_classes,
+                       device=data.device, num_workers=0)
+    run_recipe(model, robust_recipe(config), cached, progress, batch_size=config["batch_size"])
     return model

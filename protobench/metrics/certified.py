@@ -12,6 +12,14 @@ The value is certified accuracy at the largest epsilon, 8/255 (the standard budg
 images. The epsilons are compared with the margin in the norm the family certifies (the contract leaves the
 norm to the family; in pixel space [0, 1], as the attacks). A model without the method gets "not
 applicable" from the harness (``needs={"certified_margin"}``), never 0.
+
+Feature-space certificates: a model whose margin is a radius in its own feature space (e.g. a robust head on a
+backbone's latent grid) declares ``certificate = {"space": "feature", "norm": "l2", "epsilons": (...)}``
+(an attribute or property): pixel budgets are not the units of such a radius, so the metric then compares the
+margin with the model's ``epsilons`` (in the model's latent units, chosen by a rule the model documents), the
+value is certified accuracy at the largest of them, and the detail records ``space``, ``norm`` and
+``epsilons``. Such a value is feature-space certified accuracy, never an input-space guarantee. Without a
+declaration (or with ``space`` "input"): input space, the pixel epsilons, as above.
 """
 
 from __future__ import annotations
@@ -33,9 +41,18 @@ class CertifiedAccuracy(torchmetrics.Metric):
 
     full_state_update = False
 
-    def __init__(self, model: PrototypeModel, epsilons: tuple[float, ...] = EPSILONS):
+    def __init__(self, model: PrototypeModel, epsilons: tuple[float, ...] | None = None):
         super().__init__()
         self.__dict__["model"] = model  # outside the module tree: the metric's .to() and state_dict skip it
+        declared = dict(getattr(model, "certificate", None) or {})
+        self.space = str(declared.get("space", "input"))
+        self.norm = declared.get("norm")
+        if epsilons is None:
+            epsilons = EPSILONS
+            if self.space != "input":
+                if not declared.get("epsilons"):
+                    raise ValueError(f"a {self.space}-space certificate must declare its epsilons")
+                epsilons = tuple(float(e) for e in declared["epsilons"])
         self.epsilons = tuple(sorted(epsilons))
         self.add_state("certified", torch.zeros(len(self.epsilons), dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("correct", torch.tensor(0), dist_reduce_fx="sum")
@@ -58,10 +75,14 @@ class CertifiedAccuracy(torchmetrics.Metric):
         total = int(self.total)
         if total == 0:
             raise ValueError("certified accuracy over an empty test split")
-        accuracy = {eps_name(e): float(c) / total for e, c in zip(self.epsilons, self.certified.tolist())}
+        name = eps_name if self.space == "input" else (lambda e: f"eps{e:.4g}")
+        accuracy = {name(e): float(c) / total for e, c in zip(self.epsilons, self.certified.tolist())}
         return MetricResult(
             value=float(self.certified[-1]) / total,
             detail={
+                "space": self.space,
+                "norm": self.norm,
+                "epsilons": list(self.epsilons),
                 "epsilon": self.epsilons[-1],
                 "per_epsilon": accuracy,
                 "images": total,
