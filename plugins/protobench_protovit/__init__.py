@@ -1,0 +1,1 @@
+"""ProtoViT (Ma et al., NeurIPS 2024) as a protobench plugin."""
