@@ -137,11 +137,14 @@ class DatasetSpec:
 class MetricResult:
     """A metric's model-level ``value`` and its per-prototype (or per-item) ``detail``.
 
-    ``value`` is None when the metric does not apply (never 0 in that case).
+    ``value`` is None when the metric does not apply (never 0 in that case). ``interval`` is its 95%
+    confidence interval over test images (low, high), where the metric provides one
+    (:mod:`protobench.metrics.resampled`).
     """
 
     value: float | None
     detail: dict[str, Any] = field(default_factory=dict)
+    interval: tuple[float, float] | None = None
 
     @property
     def applicable(self) -> bool:

@@ -317,6 +317,7 @@ def evaluate(
             if rank == 0:  # each record lands the moment it is computed
                 store.put(key(spec.name), {
                     "value": result.value,
+                    "interval": list(result.interval) if result.interval else None,  # 95%, over test images
                     "detail": result.detail,
                     "test_images": int(costly.sum()) if spec.costly else len(dataset),
                     "not_applicable": reason,

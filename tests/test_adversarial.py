@@ -19,6 +19,7 @@ from protobench.metrics.adversarial import (
     pgd,
     uniform_noise,
 )
+from protobench.metrics.resampled import percentile_interval, poisson_counts
 
 SHAPE = (1, 2, 3)  # six pixels
 
@@ -67,6 +68,13 @@ def closed_form(model: Linear, images: torch.Tensor, labels: torch.Tensor, eps: 
     """The L-inf optimal attack on a two-class linear model: x - eps * sign(w_y - w_other), clipped to [0, 1]."""
     d = model.weight[labels] - model.weight[1 - labels]
     return (images - eps * d.sign().reshape(images.shape)).clamp(0, 1).detach()
+
+
+def bootstrap_interval(index: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor, seed: int):
+    """The expected interval of a ratio of per-image sums: each resample weights image ``index[i]`` by its Poisson
+    count (:func:`protobench.metrics.resampled.poisson_counts`); resamples with a zero denominator are undefined."""
+    counts = poisson_counts(index, seed)[1:]
+    return percentile_interval((counts @ numerator.double() / (counts @ denominator.double())).tolist())
 
 
 def batch(images, labels, indices=None) -> dict:
@@ -142,6 +150,23 @@ def test_pgd_random_start_depends_on_the_image_not_on_batching_or_order():
     noise = uniform_noise(torch.tensor([4, 2]), SHAPE, 0.1, seed=7, stream=(1, 8))
     assert torch.equal(noise[1], uniform_noise(torch.tensor([2]), SHAPE, 0.1, seed=7, stream=(1, 8))[0])
     assert noise.abs().max() <= 0.1 and not torch.equal(noise[0], noise[1])
+
+
+def test_robust_accuracy_has_a_bootstrap_interval_that_does_not_depend_on_batching():
+    model, images, labels = linear_problem(n=60, seed=1)
+    order = torch.randperm(60, generator=torch.Generator().manual_seed(2))
+    robust = (margin(model, images, labels) > 0) & (margin(model, closed_form(model, images, labels, 8 / 255), labels) > 0)
+    expected = bootstrap_interval(torch.arange(60), robust, torch.ones(60), seed=5)
+    for name in ("fgsm_eps8", "pgd_eps8"):
+        whole = run(SPECS[name], model, [batch(images, labels)], seed=5)
+        split = run(SPECS[name], model, [batch(images[order[:23]], labels[order[:23]], order[:23]),
+                                         batch(images[order[23:]], labels[order[23:]], order[23:])], seed=5)
+        assert 0 < whole.value < whole.detail["clean_accuracy"] < 1  # some images broken, some not
+        low, high = whole.interval
+        assert low <= whole.value <= high and low < high
+        assert whole.interval == pytest.approx(expected, abs=1e-12)
+        assert split.value == whole.value and split.interval == whole.interval
+        assert run(SPECS[name], model, [batch(images, labels)], seed=6).interval != whole.interval  # the run's seed
 
 
 def test_metric_names_are_one_column_per_attack_and_epsilon_and_autoattack_is_not_default():

@@ -20,7 +20,7 @@ from protobench.because import (
     smooth_texture,
     warp_shape,
 )
-from protobench.contract import Explanation, PrototypeModel
+from protobench.contract import EvalContext, Explanation, PrototypeModel
 from protobench.metrics.because import BECAUSE
 
 
@@ -179,3 +179,29 @@ def test_a_prototype_never_similar_is_reported_as_none_and_left_out_of_the_value
     assert result.detail["per_prototype"]["shape"][1] is None
     assert result.detail["prototypes_never_similar"] == 1
     assert result.value == pytest.approx(alone.compute().value)
+
+
+def test_the_interval_covers_the_value_and_does_not_depend_on_the_batches():
+    images = uniform((0.9, 0.1, 0.1), (0.2, 0.3, 0.9), (0.1, 0.8, 0.3), (0.8, 0.7, 0.1), (0.6, 0.2, 0.8),
+                     (0.3, 0.8, 0.8))
+    model = HueModel()
+
+    def split(sizes: list[int]):
+        state = BECAUSE.compute(model, EvalContext(dataset=None, device=torch.device("cpu"), seed=5))
+        assert state.seed == 5
+        start = 0
+        for n in sizes:
+            part = images[start:start + n]
+            state.update({"image": part, "label": torch.zeros(n, dtype=torch.long),
+                          "index": torch.arange(start, start + n)}, model.explain(part))
+            start += n
+        return state.compute()
+
+    whole = split([6])
+    low, high = whole.interval
+    assert low <= whole.value <= high and low < high
+    assert whole.value != 0
+    for sizes in ([1] * 6, [2, 4]):
+        result = split(sizes)
+        assert result.value == pytest.approx(whole.value)
+        assert result.interval == pytest.approx(whole.interval)

@@ -10,6 +10,7 @@ from protobench import harness
 from protobench.contract import EvalContext, Explanation, PrototypeModel
 from protobench.metrics.adversarial import EPSILONS
 from protobench.metrics.certified import CERTIFIED_ACCURACY
+from protobench.metrics.resampled import percentile_interval, poisson_counts
 
 WEIGHT = torch.tensor([1.0, -0.8])
 BIAS = -0.1
@@ -46,6 +47,13 @@ def brute_force_certified(model: TwoPixels, images: torch.Tensor, labels: torch.
     grid = ball(images, eps)
     predictions = model(grid.reshape(-1, 1, 1, 2)).argmax(dim=1).reshape(len(images), -1)
     return (predictions == labels[:, None]).all(dim=1)
+
+
+def bootstrap_interval(index: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor, seed: int):
+    """The expected interval of a ratio of per-image sums: each resample weights image ``index[i]`` by its Poisson
+    count (:func:`protobench.metrics.resampled.poisson_counts`); resamples with a zero denominator are undefined."""
+    counts = poisson_counts(index, seed)[1:]
+    return percentile_interval((counts @ numerator.double() / (counts @ denominator.double())).tolist())
 
 
 def data(n: int = 300, seed: int = 0):
@@ -87,6 +95,30 @@ def test_certified_accuracy_counts_what_brute_force_certifies_at_every_epsilon()
     clean = (model(images).argmax(dim=1) == labels).sum().item() / len(images)
     assert result.detail["clean_accuracy"] == clean
     assert clean > expected["eps1"] > expected["eps8"] > 0  # the epsilons matter on this data
+
+
+def test_certified_accuracy_has_a_bootstrap_interval_that_does_not_depend_on_batching():
+    model = TwoPixels()
+    images, labels = data(80, seed=1)
+    order = torch.randperm(80, generator=torch.Generator().manual_seed(2))
+    results = []
+    for splits in ([torch.arange(80)], [order[:31], order[31:]]):
+        metric = CERTIFIED_ACCURACY.compute(model, EvalContext(dataset=SimpleNamespace(), device=torch.device("cpu"),
+                                                               seed=4))
+        assert metric.seed == 4
+        for index in splits:
+            with torch.no_grad():
+                metric.update({"image": images[index], "label": labels[index], "index": index},
+                              model.explain(images[index]))
+        results.append(metric.compute())
+    whole, split = results
+    assert 0 < whole.value < whole.detail["clean_accuracy"] < 1
+    low, high = whole.interval
+    assert low <= whole.value <= high and low < high
+    certified = brute_force_certified(model, images, labels, 8 / 255)
+    assert whole.interval == bootstrap_interval(torch.arange(80), certified, torch.ones(80), seed=4)
+    assert split.value == whole.value and split.interval == whole.interval
+    assert split.detail == whole.detail
 
 
 def test_a_model_without_a_margin_is_not_applicable_and_one_with_it_is():

@@ -9,6 +9,7 @@ import torch
 from protobench.contract import EvalContext, Explanation, PrototypeModel
 from protobench.metrics.adversarial import EPSILONS
 from protobench.metrics.certified import CERTIFIED_ACCURACY
+from protobench.metrics.resampled import percentile_interval, poisson_counts
 
 
 class KnownMargin(PrototypeModel):
@@ -33,6 +34,13 @@ class KnownMargin(PrototypeModel):
 # margins 0.3, 0.7, 1.5, 3.0, 3.0 (the last misclassified), 0.05
 IMAGES = torch.tensor([[0.3, 0.9], [0.7, 0.9], [1.5, 0.1], [3.0, 0.1], [3.0, 0.9], [0.05, 0.9]]).view(6, 1, 1, 2)
 LABELS = torch.tensor([1, 1, 0, 0, 0, 1])
+
+
+def bootstrap_interval(index: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor, seed: int):
+    """The expected interval of a ratio of per-image sums: each resample weights image ``index[i]`` by its Poisson
+    count (:func:`protobench.metrics.resampled.poisson_counts`); resamples with a zero denominator are undefined."""
+    counts = poisson_counts(index, seed)[1:]
+    return percentile_interval((counts @ numerator.double() / (counts @ denominator.double())).tolist())
 
 
 def _run(model: KnownMargin):
@@ -66,3 +74,21 @@ def test_feature_space_without_epsilons_is_refused() -> None:
         assert "epsilons" in str(exc)
     else:
         raise AssertionError("a feature-space certificate without epsilons was accepted")
+
+
+def test_feature_space_certified_accuracy_has_a_bootstrap_interval_that_does_not_depend_on_batching() -> None:
+    model = KnownMargin({"space": "feature", "norm": "l2", "epsilons": (0.25, 1.0)})
+    results = []
+    for splits in ([torch.arange(6)], [torch.tensor([4, 1]), torch.tensor([0, 5, 3, 2])]):
+        metric = CERTIFIED_ACCURACY.compute(model, EvalContext(dataset=SimpleNamespace(), device=torch.device("cpu"),
+                                                               seed=2))
+        for index in splits:
+            metric.update({"image": IMAGES[index], "label": LABELS[index], "index": index}, model.explain(IMAGES[index]))
+        results.append(metric.compute())
+    whole, split = results
+    assert whole.value == 2 / 6  # images 2 and 3 certified at 1.0
+    low, high = whole.interval
+    assert low <= whole.value <= high and low < high
+    certified = torch.tensor([0, 0, 1, 1, 0, 0])
+    assert whole.interval == bootstrap_interval(torch.arange(6), certified, torch.ones(6), seed=2)
+    assert split.value == whole.value and split.interval == whole.interval

@@ -127,8 +127,8 @@ def test_invisible_keypoints_are_neither_hits_nor_present():
     keypoints = [[[8, 8, 1], [10, 9, 0], [28, 28, 1]]] * 3 + [[[8, 8, 0], [10, 9, 0], [28, 28, 1]]] * 2
     images = marked([[(8, 8)] * 5])
     result, metric = run(CONSISTENCY, MapModel([0], channel(0, 1)), [batch(images, [0] * 5, keypoints)])
-    assert metric.hits.tolist() == [[3, 0, 0]]
-    assert metric.present.tolist() == [[3, 0, 5]]
+    assert metric.hits[0].tolist() == [[3, 0, 0]]
+    assert metric.present[0].tolist() == [[3, 0, 5]]
     assert result.detail["per_prototype"]["max_part_frequency"] == [1.0]  # 3 / 3, not 3 / 5
     assert result.value == 1.0
 
@@ -305,6 +305,30 @@ def test_random_maps_stability_matches_the_official_loops():
     assert result.detail["per_prototype"]["stability"] == pytest.approx(expected, abs=1e-6)
     assert result.value == pytest.approx(np.mean(expected))
     assert 0 < result.value < 1
+
+
+def test_stability_interval_brackets_the_value_and_does_not_depend_on_batching():
+    # The Poisson bootstrap (protobench.metrics.resampled) keys each image's counts by its dataset index, so the
+    # same images fed whole, or shuffled across uneven batches, give the same value and the same interval.
+    images, labels, keypoints = random_data(n=24, seed=1)
+    model = random_model()
+
+    def fed(order: list[int], sizes: list[int]) -> list[dict]:
+        order, out, start = torch.tensor(order), [], 0
+        for size in sizes:
+            i = order[start:start + size]
+            start += size
+            out.append({"image": images[i], "label": labels[i], "index": i, "keypoints": keypoints[i]})
+        return out
+
+    whole, _ = run(STABILITY, model, fed(list(range(24)), [24]), seed=3)
+    shuffled = torch.randperm(24, generator=torch.Generator().manual_seed(0)).tolist()
+    pieces, _ = run(STABILITY, model, fed(shuffled, [5, 1, 11, 7]), seed=3)
+    assert 0 < whole.value < 1
+    low, high = whole.interval
+    assert low <= whole.value <= high and low < high
+    assert pieces.value == whole.value and pieces.interval == whole.interval
+    assert pieces.detail == whole.detail
 
 
 # -- streaming ----------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from protobench.corruptions import (
     DEFOCUS_BLUR,
     MOTION_BLUR,
     RANDOM_CORRUPTIONS,
+    SEVERITIES,
     brightness,
     contrast,
     defocus_blur,
@@ -26,6 +27,7 @@ from protobench.corruptions import (
     reflect101,
 )
 from protobench.metrics.corruption import CORRUPTION_ACCURACY, CorruptionAccuracy
+from protobench.metrics.resampled import percentile_interval, poisson_counts
 
 
 def natural(h: int, w: int, seed: int) -> np.ndarray:
@@ -36,6 +38,13 @@ def natural(h: int, w: int, seed: int) -> np.ndarray:
     image[h // 4 : h // 2, w // 3 : 2 * w // 3] = [0.9, 0.2, 0.1]
     image = image + rng.normal(0, 0.05, image.shape)
     return (np.clip(image, 0, 1) * 255).astype(np.uint8)
+
+
+def bootstrap_interval(index: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor, seed: int):
+    """The expected interval of a ratio of per-image sums: each resample weights image ``index[i]`` by its Poisson
+    count (:func:`protobench.metrics.resampled.poisson_counts`); resamples with a zero denominator are undefined."""
+    counts = poisson_counts(index, seed)[1:]
+    return percentile_interval((counts @ numerator.double() / (counts @ denominator.double())).tolist())
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
@@ -296,9 +305,34 @@ def test_metric_does_not_depend_on_batching_and_keeps_the_model_out_of_its_state
         metric = CorruptionAccuracy(model, seed=3, corruptions=sorted(RANDOM_CORRUPTIONS))
         run(metric, model, images, labels, batches)
         counts.append(metric.correct.clone())
-    assert torch.equal(counts[0], counts[1])
+    assert torch.equal(counts[0], counts[1])  # every resample's copy too
     # the images sit near the threshold: corruption flips some, so the counts depend on the draws
-    assert 0 < counts[0].sum() < counts[0].numel() * 6
+    assert 0 < counts[0][0].sum() < counts[0][0].numel() * 6
     assert list(metric.children()) == [] and set(metric.state_dict()) <= {"correct", "clean", "total"}
     with pytest.raises(ValueError, match="unknown corruptions"):
         CorruptionAccuracy(model, corruptions=["snow"])
+
+
+def test_metric_has_a_bootstrap_interval_that_does_not_depend_on_batching():
+    model = brightness_model()
+    images = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 0.3 + 0.35
+    labels = torch.tensor([0, 1, 0, 1, 1, 0, 0, 1])
+    context = EvalContext(dataset=SimpleNamespace(), device=torch.device("cpu"), seed=3)
+    results = []
+    for batches in ([[0, 1, 2, 3, 4, 5, 6, 7]], [[6, 1], [2, 0, 4], [5, 3, 7]]):
+        metric = CORRUPTION_ACCURACY.compute(model, context)
+        assert metric.seed == 3
+        run(metric, model, images, labels, batches)
+        results.append(metric.compute())
+    whole, split = results
+    assert 0 < whole.value < 1 and 0 < whole.detail["clean_accuracy"] < 1
+    low, high = whole.interval
+    assert low <= whole.value <= high and low < high
+    # each image's share of correct (corruption, severity) pairs, corrupted here with its own generators
+    index = torch.arange(8)
+    generators = lambda name, s: image_generators(3, name, s, index) if name in RANDOM_CORRUPTIONS else None
+    hits = torch.stack([model(CORRUPTIONS[name](images, s, generators(name, s))).argmax(dim=1) == labels
+                        for name in CORRUPTIONS for s in SEVERITIES], dim=1).double().mean(dim=1)
+    assert whole.value == pytest.approx(float(hits.mean()), abs=1e-12)
+    assert whole.interval == pytest.approx(bootstrap_interval(index, hits, torch.ones(8), seed=3), abs=1e-12)
+    assert split.value == whole.value and split.interval == whole.interval

@@ -115,12 +115,14 @@ def _values(model, dataset, batch_size: int, costly: torch.Tensor) -> dict[str, 
     torch.manual_seed(0)
     out = harness._shared_pass(model, "protopnet", dataset, specs, harness.Settings(batch_size=batch_size, seed=0),
                                torch.device("cpu"), 0, 1, costly, QUIET)
-    return {spec.name: result.value for spec, result, reason in out if reason is None}
+    return {spec.name: (result.value, result.interval) for spec, result, reason in out if reason is None}
 
 
 def _close(a: object, b: object) -> bool:
     if isinstance(a, float) and isinstance(b, float):
         return math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-6) or (math.isnan(a) and math.isnan(b))
+    if isinstance(a, tuple) and isinstance(b, tuple) and len(a) == len(b):
+        return all(_close(x, y) for x, y in zip(a, b))
     return a == b
 
 
@@ -129,6 +131,11 @@ def test_every_default_metric_is_the_same_in_one_batch_or_many(small_protopnet):
     costly = harness.costly_subset(dataset, 5)
     whole = _values(model, dataset, 12, costly)
     assert {"accuracy", "consistency", "object_relevance", "pgd_eps2"} <= set(whole)
+    # every applicable default metric carries its bootstrap interval around its value
+    without = {k for k, (value, interval) in whole.items() if value is not None and interval is None}
+    assert not without, f"no interval: {without}"
+    outside = {k: v for k, v in whole.items() if v[0] is not None and not v[1][0] - 1e-9 <= v[0] <= v[1][1] + 1e-9}
+    assert not outside, f"value outside its interval: {outside}"
     for batch_size in (5, 1):
         values = _values(model, dataset, batch_size, costly)
         differ = {k: (whole[k], values[k]) for k in whole if not _close(whole[k], values[k])}

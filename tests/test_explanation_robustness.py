@@ -235,3 +235,50 @@ def test_noise_metrics_do_not_depend_on_batching(spec):
     model = MapModel([0, 1, -1], 2, lambda x: x, threshold_logits(2, 0.45))
     whole = run(spec, model, [{"image": images, "label": labels, "index": torch.arange(12), "keypoints": keypoints}])
     assert whole.value == run(spec, model, split(images, labels, keypoints)).value
+
+
+@pytest.mark.parametrize("name", ["top_prototype_stability", "part_vector_robustness", "hoffmann_eps8"])
+def test_interval_brackets_the_value_and_does_not_depend_on_batching(name):
+    # The Poisson bootstrap (protobench.metrics.resampled) keys each image's counts by its dataset index, so the
+    # same images fed whole, or shuffled across uneven batches, give the same value and the same interval.
+    # The cases are those of the reference tests above, where the values are strictly between 0 and 1.
+    spec = {s.name: s for s in EXPLANATION_ROBUSTNESS_METRICS}[name]
+    keypoints = None
+    if name == "top_prototype_stability":
+        images, seed = near_ties(40, seed=0), 3
+        labels = torch.zeros(40, dtype=torch.long)
+        model = MapModel([0, 1, 0], 2, lambda x: x[:, [0, 1, 2]] * x.new_tensor([1.0, 1.0, 0.5])[:, None, None],
+                         threshold_logits(2, 0.45))
+    elif name == "part_vector_robustness":
+        images, seed = near_ties(40, seed=1), 5
+        g = torch.Generator().manual_seed(2)
+        keypoints = torch.cat([torch.randint(0, SIZE, (40, len(PARTS), 2), generator=g).float(),
+                               (torch.rand(40, len(PARTS), 1, generator=g) < 0.8).float()], dim=2)
+        labels = torch.randint(0, 2, (40,), generator=g)
+        model = MapModel([0, 1, -1], 2, lambda x: x[:, [0, 0, 1]], threshold_logits(2, 0.45))
+    else:
+        # every other image misclassified (label 1), so the attacked images are not the batch's first rows
+        images, seed = two_peaks([g for gap in GAPS for g in (gap, 0.1)]), 0
+        labels = torch.tensor([0, 1] * len(GAPS))
+        model = MapModel([0], 2, pooled, lambda x: x.new_tensor([1.0, 0.0]).expand(len(x), 2))
+    n = len(images)
+
+    def fed(order: list[int], sizes: list[int]) -> list[dict]:
+        order, out, start = torch.tensor(order), [], 0
+        for size in sizes:
+            i = order[start:start + size]
+            start += size
+            b = {"image": images[i], "label": labels[i], "index": i}
+            if keypoints is not None:
+                b["keypoints"] = keypoints[i]
+            out.append(b)
+        return out
+
+    whole = run(spec, model, fed(list(range(n)), [n]), seed=seed)
+    shuffled = torch.randperm(n, generator=torch.Generator().manual_seed(3)).tolist()
+    pieces = run(spec, model, fed(shuffled, [5, 1, n - 9, 3]), seed=seed)
+    assert 0 < whole.value < 1
+    low, high = whole.interval
+    assert low <= whole.value <= high and low < high
+    assert pieces.value == whole.value and pieces.interval == whole.interval
+    assert pieces.detail == whole.detail

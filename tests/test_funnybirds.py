@@ -249,6 +249,25 @@ def test_states_reduce_across_shards_like_one_pass(birds):
                 assert result.detail["curves"][name] == pytest.approx(curve)
 
 
+def test_intervals_cover_the_value_and_do_not_depend_on_the_batches(birds):
+    """Each image's resample counts follow it (by its dataset index), whatever batch it arrives in."""
+    wing = WingReader(birds.maps(0)[0] == PART_NAMES.index("wing") + 1)
+    background = BackgroundReader(birds.maps(0)[0] > 0)
+    for model, name in ((wing, "funnybirds_completeness"), (background, "funnybirds_bi")):
+        runs = [evaluate(model, birds, batch_size=size) for size in (4, 1, 3)]
+        result = runs[0][name]
+        low, high = result.interval
+        assert low <= result.value <= high and low < high  # a non-trivial value with a spread
+        assert 0 < result.value < 1
+        for other in runs[1:]:
+            for spec in FUNNYBIRDS_METRICS:
+                assert other[spec.name].value == pytest.approx(runs[0][spec.name].value)
+                if runs[0][spec.name].interval is None:
+                    assert other[spec.name].interval is None
+                else:
+                    assert other[spec.name].interval == pytest.approx(runs[0][spec.name].interval)
+
+
 def evaluate_states(model: PrototypeModel, dataset, indices) -> dict:
     """The protocol states after feeding the images ``indices`` one at a time (not computed)."""
     context = EvalContext(dataset=dataset, device=torch.device("cpu"))
@@ -293,13 +312,14 @@ def test_distractibility_counts_the_irrelevant_parts_called_important():
     # The explanation calls parts 0 and 1 important: 1 of the 10 irrelevant slots.
     removed = [1.0, 1.95, 3.0] + [2.0] * 8 + [0.5]
     state.score(outcome_for_d([2.0, 0.0], removed, important=[0, 1]))
+    first = state.d[0].clone()  # copy 0 of the sum: the first image's row
     # target logit 0 (the reference's both-zero case): removing parts 3..10 leaves 0, which the reference
     # counts as relevant; part 2 (0.5) raises it, part 1 (-1) lowers it: 1 irrelevant slot, called important
     removed = [0.0, -1.0, 0.5] + [0.0] * 8 + [-0.5]
     state.score(outcome_for_d([0.0, 1.0], removed, important=[0, 2]))
-    rows = torch.cat(state.d)
-    assert rows[0].tolist() == pytest.approx([0.1] * len(THRESHOLDS))
-    assert rows[1].tolist() == [1.0] * len(THRESHOLDS)
+    assert first.tolist() == pytest.approx([0.1] * len(THRESHOLDS))
+    assert (state.d[0] - first).tolist() == [1.0] * len(THRESHOLDS)
+    assert int(state.d_images[0]) == 2
     result = state.compute()
     assert result.detail["d"] == pytest.approx(1 - (0.1 + 1.0) / 2)
     assert result.detail["d_images"] == 2
@@ -321,9 +341,10 @@ def test_target_sensitivity_compares_each_class_explanation_with_the_other():
     # image 1: class 1's explanation weighs parts 0, 1 at 6 (class 2's: 2), class 2's weighs parts 2, 3 at 9
     # (class 1's: 1): both explanations point at their own shared parts, scores 1 and 1
     state.score(contrast([3.0, 3.0, 0.5, 0.5], [1.0, 1.0, 4.0, 5.0]))
+    assert (float(state.scores[0]), float(state.pairs[0])) == (2.0, 2.0)  # copy 0: scores 1 and 1
     # image 2: class 1's explanation weighs parts 0, 1 less than class 2's does (2 < 4): 0; class 2's: 1
     state.score(contrast([1.0, 1.0, 0.0, 0.0], [2.0, 2.0, 3.0, 3.0]))
-    assert torch.cat(state.scores).tolist() == [1.0, 1.0, 0.0, 1.0]
+    assert (float(state.scores[0]), float(state.pairs[0])) == (3.0, 4.0)  # scores 1, 1, 0, 1
     assert state.compute().value == pytest.approx(0.75)
 
 

@@ -179,3 +179,38 @@ def test_synthbirds_gives_the_bird_as_the_object():
     for mask, index in zip(masks, [0, 3]):
         part_map = torch.from_numpy(data.render(index).part_map)
         assert torch.equal(mask, part_map > 0) and 0 < int(mask.sum()) < SIZE * SIZE
+
+
+def test_interval_brackets_the_value_and_does_not_depend_on_batching():
+    # Boxes of different widths give each image its own mass inside the object, so the Poisson bootstrap
+    # (protobench.metrics.resampled) has something to resample; its counts are keyed by the dataset index, so
+    # the same images fed whole, or shuffled across uneven batches, give the same value and interval.
+    n = 16
+    widths = torch.linspace(4.0, 30.0, n)
+    images = torch.rand(n, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 1] * (n // 2))
+    boxes = torch.stack([torch.zeros(n), torch.zeros(n), widths, torch.full((n,), 32.0)], dim=1)
+    model = RegionModel([(16, 5), (16, 15), (16, 27)], [0, 1, -1], [1.0, 2.0, 4.0], [1.0, 0.0])
+
+    def relevance(order: list[int], sizes: list[int]):
+        metric = OBJECT_RELEVANCE.compute(model, EvalContext(dataset=SimpleNamespace(), device=torch.device("cpu"),
+                                                             seed=7))
+        order, start = torch.tensor(order), 0
+        for size in sizes:
+            i = order[start:start + size]
+            start += size
+            with torch.no_grad():
+                metric.update({"image": images[i], "label": labels[i], "index": i, "bbox": boxes[i]},
+                              model.explain(images[i]))
+        return metric.compute()
+
+    whole = relevance(list(range(n)), [n])
+    shuffled = torch.randperm(n, generator=torch.Generator().manual_seed(1)).tolist()
+    pieces = relevance(shuffled, [3, 6, 1, 6])
+    assert 0 < whole.value < 1
+    low, high = whole.interval
+    assert low <= whole.value <= high and low < high
+    # float64 sums in another order: equal up to rounding
+    assert pieces.value == pytest.approx(whole.value, rel=1e-12, abs=0)
+    assert pieces.interval == pytest.approx(whole.interval, rel=1e-12, abs=0)
+    assert pieces.detail["per_prototype"] == whole.detail["per_prototype"]

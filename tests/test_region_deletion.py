@@ -231,3 +231,37 @@ def test_region_deletion_agrees_with_quantus_region_perturbation():
         assert result.detail["curves"][name] == pytest.approx(mean_curve.tolist(), abs=1e-5)
     # quantus's get_auc_score calls np.trapz, which numpy 2 removed: its area is np.trapezoid of its curves
     assert result.detail["auc"] == pytest.approx(float(np.mean(np.trapezoid(curves, axis=1))), abs=1e-5)
+
+
+def test_the_interval_covers_the_value_and_does_not_depend_on_the_batches():
+    # six images whose read square holds a different brightness: the drops differ from image to image
+    centres = torch.tensor([[[10, 12], [25, 25]]])
+    weights = torch.tensor([[2.0, 0.0], [0.5, 0.0]])
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(6, 3, SIZE, SIZE, generator=generator) * 0.2
+    images[:, 0, 5:16, 7:18] += torch.rand(6, 1, 1, generator=generator) * 0.3
+    model = RegionModel(centres, weights, square_reader(7, 5, 11, other=10.0))
+    labels = torch.tensor([0, 1, 0, 0, 1, 0])
+
+    def split(sizes: list[int]):
+        context = EvalContext(dataset=SimpleNamespace(), device=torch.device("cpu"), seed=3,
+                              options={"region_deletion_top_k": 2})
+        metric = REGION_DELETION.compute(model, context)
+        assert metric.seed == 3
+        start = 0
+        for n in sizes:
+            rows = slice(start, start + n)
+            batch = {"image": images[rows], "label": labels[rows], "index": torch.arange(start, start + n)}
+            with torch.no_grad():
+                metric.update(batch, model.explain(images[rows]))
+            start += n
+        return metric.compute()
+
+    whole = split([6])
+    low, high = whole.interval
+    assert low <= whole.value <= high and low < high
+    assert whole.value > 0.01  # the regions hurt more than the control
+    for sizes in ([1] * 6, [4, 2]):
+        result = split(sizes)
+        assert result.value == pytest.approx(whole.value)
+        assert result.interval == pytest.approx(whole.interval)

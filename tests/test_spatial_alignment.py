@@ -11,12 +11,14 @@ import torch
 
 from protobench import harness
 from protobench.contract import EvalContext, Explanation, PrototypeModel
+from protobench.metrics.resampled import percentile_interval, poisson_counts
 from protobench.metrics.spatial_alignment import (
     SPATIAL_ALIGNMENT_METRICS,
     attack_outside,
     epsilon,
     margin,
     outside_mask,
+    spatial_misalignment,
 )
 
 SIZE = 16
@@ -90,6 +92,13 @@ def images(n: int = 2, seed: int = 0) -> torch.Tensor:
     x = torch.rand(n, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))
     x[:, :, BLOCK[0], BLOCK[1]] = 1
     return x
+
+
+def bootstrap_interval(index: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor, seed: int):
+    """The expected interval of a ratio of per-image sums: each resample weights image ``index[i]`` by its Poisson
+    count (:func:`protobench.metrics.resampled.poisson_counts`); resamples with a zero denominator are undefined."""
+    counts = poisson_counts(index, seed)[1:]
+    return percentile_interval((counts @ numerator.double() / (counts @ denominator.double())).tolist())
 
 
 def test_hand_computed_values():
@@ -168,3 +177,39 @@ def test_not_applicable_without_prototypes():
     for spec in SPATIAL_ALIGNMENT_METRICS:
         assert spec.costly and spec.group == "robustness" and not spec.higher_is_better
         assert harness._missing_capability(spec, model, None, out) == "the model has no prototypes"
+
+
+def test_bootstrap_interval_does_not_depend_on_batching():
+    # Six images whose BLOCK starts at different levels (each ends eps_c lower), so that PAC, PRC and PLC
+    # differ from image to image.
+    x = images(6, seed=2)
+    for i, level in enumerate((1.0, 0.97, 0.99, 0.6, 0.98, 0.75)):
+        x[i, :, BLOCK[0], BLOCK[1]] = level
+    order = torch.tensor([4, 0, 5, 2, 1, 3])
+    outcomes = []
+    for batches in ([batch(x)], [batch(x[order[:2]], order[:2]), batch(x[order[2:]], order[2:])]):
+        context = EvalContext(dataset=SimpleNamespace(), device=torch.device("cpu"), seed=1)
+        model = MapModel(looking(BLOCK), box=REGION)
+        states = {s.name: s.compute(model, context) for s in SPATIAL_ALIGNMENT_METRICS}
+        for b in batches:
+            with torch.no_grad():
+                out = model.explain(b["image"])
+            for state in states.values():
+                assert state.seed == 1
+                state.update(b, out)
+        outcomes.append({name: state.compute() for name, state in states.items()})
+    whole, split = outcomes
+    model = MapModel(looking(BLOCK), box=REGION)
+    with torch.no_grad():
+        out = model.explain(x)
+    per_image = spatial_misalignment(model, batch(x), out, seed=1)
+    counted, ones = per_image["counted"].double(), torch.ones(6)
+    expected = {"spatial_pac": bootstrap_interval(torch.arange(6), per_image["pac"] * counted, counted, seed=1),
+                "spatial_prc": bootstrap_interval(torch.arange(6), per_image["prc"], ones, seed=1),
+                "spatial_plc": bootstrap_interval(torch.arange(6), per_image["plc"], ones, seed=1)}
+    for name in whole:
+        low, high = whole[name].interval
+        assert low <= whole[name].value <= high and low < high, name
+        assert whole[name].interval == pytest.approx(expected[name], abs=1e-9), name
+        assert split[name].value == pytest.approx(whole[name].value, abs=1e-5)
+        assert split[name].interval == pytest.approx(whole[name].interval, abs=1e-5)

@@ -4,29 +4,26 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-import torchmetrics
-
 from protobench.contract import EvalContext, Explanation, MetricResult, MetricSpec, PrototypeModel
+from protobench.metrics.resampled import Resampled
 
 
-class Accuracy(torchmetrics.Metric):
+class Accuracy(Resampled):
     """Streaming top-1 accuracy, with per-class accuracy as detail."""
 
-    full_state_update = False
-
-    def __init__(self, num_classes: int):
-        super().__init__()
-        self.add_state("correct", torch.zeros(num_classes, dtype=torch.long), dist_reduce_fx="sum")
-        self.add_state("total", torch.zeros(num_classes, dtype=torch.long), dist_reduce_fx="sum")
+    def __init__(self, num_classes: int, seed: int = 0):
+        super().__init__(seed)
+        self.add_sum("correct", num_classes)
+        self.add_sum("total", num_classes)
 
     def update(self, batch: dict[str, Any], explanation: Explanation) -> None:
+        counts = self.counts(batch)
         labels = batch["label"].to(explanation.logits.device)
-        hit = (explanation.logits.argmax(dim=1) == labels).long()
-        self.correct.index_add_(0, labels, hit)
-        self.total.index_add_(0, labels, torch.ones_like(hit))
+        hit = explanation.logits.argmax(dim=1) == labels
+        self.accumulate("correct", counts, hit, at=labels)
+        self.accumulate("total", counts, 1.0, at=labels)
 
-    def compute(self) -> MetricResult:
+    def result(self) -> MetricResult:
         total = int(self.total.sum())
         if total == 0:
             raise ValueError("accuracy over an empty test split")
@@ -38,7 +35,7 @@ class Accuracy(torchmetrics.Metric):
 
 
 def _accuracy(model: PrototypeModel, context: EvalContext) -> Accuracy:
-    return Accuracy(model.num_classes)
+    return Accuracy(model.num_classes, context.seed)
 
 
 ACCURACY = MetricSpec(name="accuracy", compute=_accuracy, higher_is_better=True, paper="top-1 accuracy",

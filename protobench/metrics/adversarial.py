@@ -34,11 +34,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torchmetrics
 from torch import Tensor
 from torch.nn import functional as F
 
 from protobench.contract import EvalContext, Explanation, MetricResult, MetricSpec, PrototypeModel
+from protobench.metrics.resampled import Resampled
 
 #: Perturbation budgets (L-inf, pixel space [0, 1]); 8/255 is the standard CIFAR-10 / ImageNet budget
 #: (Madry et al., ICLR 2018, Sec. 5: eps = 8 on the 0-255 scale), the smaller ones trace the curve below it.
@@ -141,27 +141,30 @@ def fgsm(model: Callable[[Tensor], Tensor], images: Tensor, labels: Tensor, eps:
     return (images + eps * gradient_sign(_cross_entropy(model, labels), images)).clamp(0, 1)
 
 
-class RobustAccuracy(torchmetrics.Metric):
-    """Streaming robust accuracy under one attack at one epsilon, with clean and per-class accuracy as detail."""
+class RobustAccuracy(Resampled):
+    """Streaming robust accuracy under one attack at one epsilon, with clean and per-class accuracy as detail.
 
-    full_state_update = False
+    ``seed`` seeds the attack's randomness (PGD's random start) and the interval over test images, the
+    Poisson bootstrap of :mod:`protobench.metrics.resampled`.
+    """
 
     def __init__(self, model: PrototypeModel, attack: str, eps: float, seed: int = 0):
-        super().__init__()
+        super().__init__(seed)
         self.__dict__["model"] = model  # outside the module tree: the metric's .to() and state_dict skip it
         if attack not in _ATTACKS:
             raise ValueError(f"unknown attack {attack!r}; known: {sorted(_ATTACKS)}")
-        self.attack, self.eps, self.seed = attack, eps, seed
+        self.attack, self.eps = attack, eps
         c = model.num_classes
-        self.add_state("robust", torch.zeros(c, dtype=torch.long), dist_reduce_fx="sum")
-        self.add_state("correct", torch.zeros(c, dtype=torch.long), dist_reduce_fx="sum")
-        self.add_state("total", torch.zeros(c, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_sum("robust", c)
+        self.add_sum("correct", c)
+        self.add_sum("total", c)
 
     def adversarial(self, images: Tensor, labels: Tensor, indices: Tensor) -> Tensor:
         """The adversarial images of ``images`` (dataset ``indices``) under this metric's attack."""
         return _ATTACKS[self.attack](self, images, labels, indices)
 
     def update(self, batch: dict[str, Any], explanation: Explanation) -> None:
+        counts = self.counts(batch)
         logits = explanation.logits
         labels = batch["label"].to(logits.device)
         correct = logits.argmax(dim=1) == labels
@@ -172,11 +175,11 @@ class RobustAccuracy(torchmetrics.Metric):
             adv = self.adversarial(images, labels[todo], batch["index"][todo.cpu()])
             with torch.no_grad():
                 robust[todo] = self.model(adv).argmax(dim=1) == labels[todo]
-        self.robust.index_add_(0, labels, robust.long())
-        self.correct.index_add_(0, labels, correct.long())
-        self.total.index_add_(0, labels, torch.ones_like(labels))
+        self.accumulate("robust", counts, robust, at=labels)
+        self.accumulate("correct", counts, correct, at=labels)
+        self.accumulate("total", counts, 1.0, at=labels)
 
-    def compute(self) -> MetricResult:
+    def result(self) -> MetricResult:
         total = int(self.total.sum())
         if total == 0:
             raise ValueError(f"{self.attack} robust accuracy over an empty test split")
@@ -231,7 +234,7 @@ def robust_accuracy_spec(attack: str, eps: float) -> MetricSpec:
     """The MetricSpec ``<attack>_eps<k>``: robust accuracy under ``attack`` at ``eps``."""
 
     def build(model: PrototypeModel, context: EvalContext) -> RobustAccuracy:
-        return RobustAccuracy(model, attack, eps, context.seed)
+        return RobustAccuracy(model, attack, eps, seed=context.seed)
 
     return MetricSpec(name=f"{attack}_{eps_name(eps)}", compute=build, higher_is_better=True, paper=_PAPERS[attack],
                       costly=True, default=attack != "autoattack", group="robustness")

@@ -19,10 +19,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torchmetrics
 
-from protobench.because import CHARACTERISTICS, local_influences, weighted_sums
+from protobench.because import CHARACTERISTICS, local_influences
 from protobench.contract import EvalContext, Explanation, MetricResult, MetricSpec, PrototypeModel
+from protobench.metrics.resampled import Resampled
 
 PAPER = (
     "Nauta et al., This Looks Like That, Because ... Explaining Prototypes for Interpretable Image "
@@ -31,31 +31,32 @@ PAPER = (
 )
 
 
-class Because(torchmetrics.Metric):
-    """Streaming sums per prototype: ``sum(delta * sim)`` per characteristic, ``sum(sim)``, ``sum(sim^2)``."""
+class Because(Resampled):
+    """Streaming sums per prototype: ``sum(delta * sim)`` per characteristic, ``sum(sim)``, ``sum(sim^2)``.
 
-    full_state_update = False
+    The interval is the Poisson bootstrap over test images of :mod:`protobench.metrics.resampled`.
+    """
 
-    def __init__(self, model: PrototypeModel):
-        super().__init__()
+    def __init__(self, model: PrototypeModel, seed: int = 0):
+        super().__init__(seed)
         self.__dict__["model"] = model  # outside the module tree: the metric's .to() and state_dict skip it
         p = model.num_prototypes
         self.register_buffer("prototype_classes", model.prototype_classes.detach().clone(), persistent=False)
-        self.add_state(
-            "weighted_delta", torch.zeros(len(CHARACTERISTICS), p, dtype=torch.double), dist_reduce_fx="sum"
-        )
-        self.add_state("weight", torch.zeros(p, dtype=torch.double), dist_reduce_fx="sum")
-        self.add_state("weighted_similarity", torch.zeros(p, dtype=torch.double), dist_reduce_fx="sum")
+        self.add_sum("weighted_delta", len(CHARACTERISTICS), p)
+        self.add_sum("weight", p)
+        self.add_sum("weighted_similarity", p)
 
     def update(self, batch: dict[str, Any], explanation: Explanation) -> None:
         images = batch["image"].to(explanation.logits.device)
+        counts = self.counts(batch)
         original, influences = local_influences(self.model, images, explanation)
-        total, weight = weighted_sums(original, influences)
-        self.weighted_delta += total.to(self.weight)
-        self.weight += weight.to(self.weight)
-        self.weighted_similarity += (original.clamp(min=0) ** 2).sum(0).to(self.weight)
+        # per image, the terms protobench.because.weighted_sums adds up: weight = similarity >= 0
+        weight = original.clamp(min=0)  # [B, P]
+        self.accumulate("weighted_delta", counts, influences * weight[:, None])  # [B, M, P]
+        self.accumulate("weight", counts, weight)
+        self.accumulate("weighted_similarity", counts, weight**2)
 
-    def compute(self) -> MetricResult:
+    def result(self) -> MetricResult:
         counted = self.weight > 0
         if not bool(counted.any()):
             raise ValueError("because: no prototype is ever similar to a test image")
@@ -85,8 +86,8 @@ class Because(torchmetrics.Metric):
         )
 
 
-def _because(model: PrototypeModel, context: EvalContext) -> Because:
-    return Because(model)
+def _because(model: PrototypeModel, context: EvalContext | None) -> Because:
+    return Because(model, seed=0 if context is None else context.seed)
 
 
 BECAUSE = MetricSpec(

@@ -27,22 +27,23 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torchmetrics
 
 from protobench.contract import EvalContext, Explanation, MetricResult, MetricSpec, PrototypeModel
 from protobench.metrics.adversarial import EPSILONS, eps_name
+from protobench.metrics.resampled import Resampled
 
 PAPER = ("certified robust accuracy (correct and certified_margin >= eps): Cohen, Rosenfeld, Kolter, ICML 2019, "
          "Sec. 4 (certified test set accuracy at radius r)")
 
 
-class CertifiedAccuracy(torchmetrics.Metric):
-    """Streaming counts of correct images whose certified margin reaches each epsilon."""
+class CertifiedAccuracy(Resampled):
+    """Streaming counts of correct images whose certified margin reaches each epsilon.
 
-    full_state_update = False
+    The interval over test images is the Poisson bootstrap of :mod:`protobench.metrics.resampled` (``seed``).
+    """
 
-    def __init__(self, model: PrototypeModel, epsilons: tuple[float, ...] | None = None):
-        super().__init__()
+    def __init__(self, model: PrototypeModel, epsilons: tuple[float, ...] | None = None, seed: int = 0):
+        super().__init__(seed)
         self.__dict__["model"] = model  # outside the module tree: the metric's .to() and state_dict skip it
         declared = dict(getattr(model, "certificate", None) or {})
         self.space = str(declared.get("space", "input"))
@@ -54,24 +55,25 @@ class CertifiedAccuracy(torchmetrics.Metric):
                     raise ValueError(f"a {self.space}-space certificate must declare its epsilons")
                 epsilons = tuple(float(e) for e in declared["epsilons"])
         self.epsilons = tuple(sorted(epsilons))
-        self.add_state("certified", torch.zeros(len(self.epsilons), dtype=torch.long), dist_reduce_fx="sum")
-        self.add_state("correct", torch.tensor(0), dist_reduce_fx="sum")
-        self.add_state("total", torch.tensor(0), dist_reduce_fx="sum")
-        self.add_state("margin_sum", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_sum("certified", len(self.epsilons))
+        self.add_sum("correct")
+        self.add_sum("total")
+        self.add_sum("margin_sum")
 
     def update(self, batch: dict[str, Any], explanation: Explanation) -> None:
+        counts = self.counts(batch)
         logits = explanation.logits
         labels = batch["label"].to(logits.device)
         with torch.no_grad():
             margin = self.model.certified_margin(batch["image"].to(logits.device), labels).to(logits.device).float()
         correct = logits.argmax(dim=1) == labels
         eps = torch.tensor(self.epsilons, device=logits.device, dtype=margin.dtype)
-        self.certified += (correct[:, None] & (margin[:, None] >= eps[None])).sum(dim=0)
-        self.correct += correct.sum()
-        self.total += len(labels)
-        self.margin_sum += margin[correct].double().sum()
+        self.accumulate("certified", counts, correct[:, None] & (margin[:, None] >= eps[None]))
+        self.accumulate("correct", counts, correct)
+        self.accumulate("total", counts, 1.0)
+        self.accumulate("margin_sum", counts, torch.where(correct, margin.double(), 0.0))
 
-    def compute(self) -> MetricResult:
+    def result(self) -> MetricResult:
         total = int(self.total)
         if total == 0:
             raise ValueError("certified accuracy over an empty test split")
@@ -93,7 +95,7 @@ class CertifiedAccuracy(torchmetrics.Metric):
 
 
 def _certified(model: PrototypeModel, context: EvalContext) -> CertifiedAccuracy:
-    return CertifiedAccuracy(model)
+    return CertifiedAccuracy(model, seed=context.seed)
 
 
 CERTIFIED_ACCURACY = MetricSpec(

@@ -19,11 +19,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import torch
-import torchmetrics
-
 from protobench.contract import EvalContext, Explanation, MetricResult, MetricSpec, PrototypeModel
 from protobench.metrics.part_vectors import counted_pairs, pair_part_vectors, visible
+from protobench.metrics.resampled import Resampled
 
 #: The paper's mu, the part frequency at which a prototype is consistent: EvalProtoPNet
 #: util/eval_interpretability.py, ``evaluate_consistency`` (``part_thresh=0.8``).
@@ -34,32 +32,32 @@ PAPER = ("Huang et al., Evaluation and Improvement of Interpretability for Self-
          "evaluate_consistency")
 
 
-class Consistency(torchmetrics.Metric):
+class Consistency(Resampled):
     """Streaming consistency: per-prototype, per-part counts of hits and of visible parts."""
 
-    full_state_update = False
-
-    def __init__(self, model: PrototypeModel, part_names: Sequence[str], threshold: float = PART_THRESHOLD):
-        super().__init__()
+    def __init__(self, model: PrototypeModel, part_names: Sequence[str], threshold: float = PART_THRESHOLD,
+                 seed: int = 0):
+        super().__init__(seed)
         self.__dict__["model"] = model  # outside the module tree: the metric's .to() and state_dict skip it
         self.part_names = list(part_names)
         self.threshold = threshold
         p, k = model.num_prototypes, len(self.part_names)
         self.register_buffer("prototype_classes", model.prototype_classes.detach().clone(), persistent=False)
-        self.add_state("hits", torch.zeros(p, k, dtype=torch.long), dist_reduce_fx="sum")
-        self.add_state("present", torch.zeros(p, k, dtype=torch.long), dist_reduce_fx="sum")
-        self.add_state("images", torch.zeros(p, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_sum("hits", p, k)
+        self.add_sum("present", p, k)
+        self.add_sum("images", p)
 
     def update(self, batch: dict[str, Any], explanation: Explanation) -> None:
+        counts = self.counts(batch)
         keypoints = batch["keypoints"].to(self.hits.device)
         pairs = counted_pairs(batch["label"], self.prototype_classes, explanation.contributions)
         vectors = pair_part_vectors(self.model, explanation, keypoints, pairs, tuple(batch["image"].shape[-2:]))
-        proto = pairs[:, 1]
-        self.hits.index_add_(0, proto, vectors.to(self.hits.device).long())
-        self.present.index_add_(0, proto, visible(keypoints)[pairs[:, 0]].long())
-        self.images.index_add_(0, proto, torch.ones_like(proto))
+        image, proto = pairs[:, 0], pairs[:, 1]
+        self.accumulate("hits", counts, vectors, rows=image, at=proto)
+        self.accumulate("present", counts, visible(keypoints)[image], rows=image, at=proto)
+        self.accumulate("images", counts, 1.0, rows=image, at=proto)
 
-    def compute(self) -> MetricResult:
+    def result(self) -> MetricResult:
         frequency = self.hits.double() / self.present.clamp(min=1).double()
         best, part = frequency.max(dim=1)
         consistent = best >= self.threshold
@@ -73,14 +71,14 @@ class Consistency(torchmetrics.Metric):
                     "consistent": consistent.tolist(),
                     "part": [self.part_names[i] for i in part.tolist()],
                     "class": self.prototype_classes.tolist(),
-                    "images": self.images.tolist(),
+                    "images": self.images.long().tolist(),
                 },
             },
         )
 
 
 def _consistency(model: PrototypeModel, context: EvalContext) -> Consistency:
-    return Consistency(model, context.dataset.part_names)
+    return Consistency(model, context.dataset.part_names, seed=context.seed)
 
 
 CONSISTENCY = MetricSpec(

@@ -29,48 +29,49 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torchmetrics
 
 from protobench.contract import EvalContext, Explanation, MetricResult, MetricSpec, PrototypeModel
 from protobench.corruptions import CORRUPTIONS, RANDOM_CORRUPTIONS, SEVERITIES, image_generators
+from protobench.metrics.resampled import Resampled
 
 
-class CorruptionAccuracy(torchmetrics.Metric):
+class CorruptionAccuracy(Resampled):
     """Streaming accuracy under every corruption x severity: a ``[corruptions, 5]`` count of correct images.
 
     ``corruptions`` picks names of :data:`~protobench.corruptions.CORRUPTIONS` (default: all of them).
+    ``seed`` seeds the random corruptions and the interval over test images, the Poisson bootstrap of
+    :mod:`protobench.metrics.resampled`.
     """
 
-    full_state_update = False
-
     def __init__(self, model: PrototypeModel, seed: int = 0, corruptions: Sequence[str] | None = None):
-        super().__init__()
+        super().__init__(seed)
         self.__dict__["model"] = model  # outside the module tree: the metric's .to() and state_dict skip it
         self.names = tuple(CORRUPTIONS if corruptions is None else corruptions)
         unknown = sorted(set(self.names) - set(CORRUPTIONS))
         if unknown:
             raise ValueError(f"unknown corruptions {unknown}; known: {sorted(CORRUPTIONS)}")
-        self.seed = seed
-        self.add_state("correct", torch.zeros(len(self.names), len(SEVERITIES), dtype=torch.long),
-                       dist_reduce_fx="sum")
-        self.add_state("clean", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
-        self.add_state("total", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
+        self.add_sum("correct", len(self.names), len(SEVERITIES))
+        self.add_sum("clean")
+        self.add_sum("total")
 
     def update(self, batch: dict[str, Any], explanation: Explanation) -> None:
+        counts = self.counts(batch)
         logits = explanation.logits
         labels = batch["label"].to(logits.device)
         images = batch["image"].to(logits.device)
+        hits = torch.zeros(len(labels), len(self.names), len(SEVERITIES), dtype=torch.bool, device=logits.device)
         with torch.no_grad():
             for c, name in enumerate(self.names):
                 for s in SEVERITIES:
                     generators = (image_generators(self.seed, name, s, batch["index"])
                                   if name in RANDOM_CORRUPTIONS else None)
                     predicted = self.model(CORRUPTIONS[name](images, s, generators)).argmax(dim=1)
-                    self.correct[c, s - 1] += (predicted == labels).sum().to(self.correct.device)
-        self.clean += (logits.argmax(dim=1) == labels).sum().to(self.clean.device)
-        self.total += len(labels)
+                    hits[:, c, s - 1] = predicted == labels
+        self.accumulate("correct", counts, hits)
+        self.accumulate("clean", counts, logits.argmax(dim=1) == labels)
+        self.accumulate("total", counts, 1.0)
 
-    def compute(self) -> MetricResult:
+    def result(self) -> MetricResult:
         total = int(self.total)
         if total == 0:
             raise ValueError("corruption accuracy over an empty test split")
@@ -87,7 +88,7 @@ class CorruptionAccuracy(torchmetrics.Metric):
 
 
 def _corruption_accuracy(model: PrototypeModel, context: EvalContext) -> CorruptionAccuracy:
-    return CorruptionAccuracy(model, context.seed)
+    return CorruptionAccuracy(model, seed=context.seed)
 
 
 CORRUPTION_ACCURACY = MetricSpec(

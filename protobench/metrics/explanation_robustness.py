@@ -40,12 +40,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torchmetrics
 from torch import Tensor
 
 from protobench.contract import EvalContext, Explanation, MetricResult, MetricSpec, PrototypeModel
 from protobench.metrics.adversarial import EPSILONS, ascend, eps_name, uniform_noise
 from protobench.metrics.part_vectors import counted_pairs, pair_part_vectors
+from protobench.metrics.resampled import Resampled
 from protobench.regions import prototype_regions
 
 #: L-inf budget of the random control: the largest attack budget of
@@ -83,42 +83,47 @@ def top_prototypes(similarities: Tensor, k: int = 1) -> Tensor:
     return similarities.amax(dim=(2, 3)).topk(k, dim=1).indices
 
 
-class _NoisyPass(torchmetrics.Metric):
-    """Shared part of the random-noise metrics: the perturbed explanation and which predictions it keeps."""
+class _NoisyPass(Resampled):
+    """Shared part of the random-noise metrics: the perturbed explanation and which predictions it keeps.
 
-    full_state_update = False
+    The interval is the Poisson bootstrap over test images of :mod:`protobench.metrics.resampled`, drawn with
+    the same seed as the noise.
+    """
 
     def __init__(self, model: PrototypeModel, seed: int):
-        super().__init__()
+        super().__init__(seed)
         self.__dict__["model"] = model  # outside the module tree: the metric's .to() and state_dict skip it
-        self.seed = seed
-        self.add_state("images", torch.tensor(0), dist_reduce_fx="sum")
-        self.add_state("kept", torch.tensor(0), dist_reduce_fx="sum")
+        self.add_sum("images")
+        self.add_sum("kept")
 
-    def perturbed(self, batch: dict[str, Any], explanation: Explanation) -> tuple[Explanation, Tensor]:
-        """The explanation of the noisy images and ``bool[B]``: which kept their predicted class."""
+    def perturbed(self, batch: dict[str, Any], explanation: Explanation,
+                  counts: Tensor) -> tuple[Explanation, Tensor]:
+        """The explanation of the noisy images and ``bool[B]``: which kept their predicted class (``counts``:
+        the batch's resample counts, :meth:`Resampled.counts`)."""
         images = batch["image"].to(explanation.logits.device)
         with torch.no_grad():
             after = self.model.explain(noisy(images, batch["index"], self.seed))
         kept = after.logits.argmax(dim=1) == explanation.logits.argmax(dim=1)
-        self.images += len(images)
-        self.kept += kept.sum()
+        self.accumulate("images", counts, 1.0)
+        self.accumulate("kept", counts, kept)
         return after, kept
 
 
 class TopPrototypeStability(_NoisyPass):
-    """Fraction of prediction-keeping noisy images whose top prototype is unchanged."""
+    """Fraction of prediction-keeping noisy images whose top prototype is unchanged (interval: the Poisson
+    bootstrap of :mod:`protobench.metrics.resampled`)."""
 
     def __init__(self, model: PrototypeModel, seed: int = 0):
         super().__init__(model, seed)
-        self.add_state("unchanged", torch.tensor(0), dist_reduce_fx="sum")
+        self.add_sum("unchanged")
 
     def update(self, batch: dict[str, Any], explanation: Explanation) -> None:
-        after, kept = self.perturbed(batch, explanation)
+        counts = self.counts(batch)
+        after, kept = self.perturbed(batch, explanation, counts)
         same = top_prototypes(explanation.similarities)[:, 0] == top_prototypes(after.similarities)[:, 0]
-        self.unchanged += (kept & same).sum()
+        self.accumulate("unchanged", counts, kept & same)
 
-    def compute(self) -> MetricResult:
+    def result(self) -> MetricResult:
         kept = int(self.kept)
         detail = {"epsilon": NOISE_EPS, "images": int(self.images), "kept_prediction": kept,
                   "top_prototype_unchanged": int(self.unchanged)}
@@ -128,32 +133,35 @@ class TopPrototypeStability(_NoisyPass):
 
 
 class PartVectorRobustness(_NoisyPass):
-    """Fraction of counted (image, prototype) pairs of prediction-keeping noisy images with an unchanged part vector."""
+    """Fraction of counted (image, prototype) pairs of prediction-keeping noisy images with an unchanged part
+    vector (interval: the Poisson bootstrap of :mod:`protobench.metrics.resampled`, over images, not pairs)."""
 
     def __init__(self, model: PrototypeModel, seed: int = 0):
         super().__init__(model, seed)
         p = model.num_prototypes
         self.register_buffer("prototype_classes", model.prototype_classes.detach().clone(), persistent=False)
-        self.add_state("unchanged", torch.zeros(p, dtype=torch.long), dist_reduce_fx="sum")
-        self.add_state("pairs", torch.zeros(p, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_sum("unchanged", p)
+        self.add_sum("pairs", p)
 
     def update(self, batch: dict[str, Any], explanation: Explanation) -> None:
-        after, kept = self.perturbed(batch, explanation)
+        counts = self.counts(batch)
+        after, kept = self.perturbed(batch, explanation, counts)
         pairs = counted_pairs(batch["label"], self.prototype_classes, explanation.contributions)
         pairs = pairs[kept.to(pairs.device)[pairs[:, 0]]]
         keypoints = batch["keypoints"].to(self.pairs.device)
         size = tuple(batch["image"].shape[-2:])
         before = pair_part_vectors(self.model, explanation, keypoints, pairs, size)
         now = pair_part_vectors(self.model, after, keypoints, pairs, size)
-        proto = pairs[:, 1]
-        self.unchanged.index_add_(0, proto, (before == now).all(dim=1).to(self.pairs.device).long())
-        self.pairs.index_add_(0, proto, torch.ones_like(proto))
+        image, proto = pairs[:, 0], pairs[:, 1]
+        self.accumulate("unchanged", counts, (before == now).all(dim=1), rows=image, at=proto)
+        self.accumulate("pairs", counts, 1.0, rows=image, at=proto)
 
-    def compute(self) -> MetricResult:
+    def result(self) -> MetricResult:
         total = int(self.pairs.sum())
-        per_prototype = [round(u / n, 6) if n else None for u, n in zip(self.unchanged.tolist(), self.pairs.tolist())]
+        unchanged, pairs = self.unchanged.long().tolist(), self.pairs.long().tolist()
+        per_prototype = [round(u / n, 6) if n else None for u, n in zip(unchanged, pairs)]
         detail = {"epsilon": NOISE_EPS, "images": int(self.images), "kept_prediction": int(self.kept),
-                  "pairs": total, "per_prototype": {"robustness": per_prototype, "pairs": self.pairs.tolist(),
+                  "pairs": total, "per_prototype": {"robustness": per_prototype, "pairs": pairs,
                                                     "class": self.prototype_classes.tolist()}}
         if total == 0:
             return MetricResult(value=None, detail={**detail, "reason": "no counted pair kept its prediction"})
@@ -182,21 +190,24 @@ def _masked_max(maps: Tensor, mask: Tensor) -> Tensor:
     return maps.masked_fill(~mask, float("-inf")).amax(dim=(1, 2))
 
 
-class PrototypeRelocation(torchmetrics.Metric):
-    """Success rate of Hoffmann et al.'s attack at one epsilon, with the rank of the prototype that moved."""
+class PrototypeRelocation(Resampled):
+    """Success rate of Hoffmann et al.'s attack at one epsilon, with the rank of the prototype that moved.
 
-    full_state_update = False
+    The interval is the Poisson bootstrap over test images of :mod:`protobench.metrics.resampled`, drawn with
+    the same seed as the random starts.
+    """
 
     def __init__(self, model: PrototypeModel, eps: float, seed: int = 0):
-        super().__init__()
+        super().__init__(seed)
         self.__dict__["model"] = model  # outside the module tree: the metric's .to() and state_dict skip it
-        self.eps, self.seed = eps, seed
+        self.eps = eps
         self.ranks = min(HOFFMANN_PROTOTYPES, model.num_prototypes)
-        self.add_state("attacked", torch.tensor(0), dist_reduce_fx="sum")
-        self.add_state("succeeded", torch.zeros(self.ranks, dtype=torch.long), dist_reduce_fx="sum")
-        self.add_state("class_changed", torch.tensor(0), dist_reduce_fx="sum")
+        self.add_sum("attacked")
+        self.add_sum("succeeded", self.ranks)
+        self.add_sum("class_changed")
 
     def update(self, batch: dict[str, Any], explanation: Explanation) -> None:
+        counts = self.counts(batch)
         logits = explanation.logits
         labels = batch["label"].to(logits.device)
         images = batch["image"].to(logits.device)
@@ -204,7 +215,7 @@ class PrototypeRelocation(torchmetrics.Metric):
         todo = (logits.argmax(dim=1) == labels).nonzero()[:, 0]
         ranked = top_prototypes(explanation.similarities[todo], self.ranks)
         done = torch.zeros(len(todo), dtype=torch.bool, device=logits.device)
-        self.attacked += len(todo)
+        self.accumulate("attacked", counts, 1.0, rows=todo)
         for rank in range(self.ranks):
             rest = (~done).nonzero()[:, 0]
             if not len(rest):
@@ -218,8 +229,8 @@ class PrototypeRelocation(torchmetrics.Metric):
             maps = after.similarities[torch.arange(len(proto), device=proto.device), proto]
             moved = _masked_max(maps, ~inside) > _masked_max(maps, inside)
             kept = after.logits.argmax(dim=1) == labels[image]
-            self.succeeded[rank] += (moved & kept).sum()
-            self.class_changed += (moved & ~kept).sum()
+            self.accumulate("succeeded", counts, moved & kept, rows=image, at=torch.full_like(image, rank))
+            self.accumulate("class_changed", counts, moved & ~kept, rows=image)
             done[rest] = moved & kept
 
     def _attack(self, images: Tensor, proto: Tensor, inside: Tensor, indices: Tensor, rank: int) -> Tensor:
@@ -236,10 +247,11 @@ class PrototypeRelocation(torchmetrics.Metric):
         return ascend(objective, images, self.eps, steps=HOFFMANN_STEPS, alpha=self.eps * HOFFMANN_STEP_FRACTION,
                       start=start)
 
-    def compute(self) -> MetricResult:
+    def result(self) -> MetricResult:
         attacked = int(self.attacked)
         detail = {"epsilon": self.eps, "epsilon_255": round(self.eps * 255), "attacked_images": attacked,
-                  "succeeded_at_rank": self.succeeded.tolist(), "rejected_class_changed": int(self.class_changed),
+                  "succeeded_at_rank": self.succeeded.long().tolist(),
+                  "rejected_class_changed": int(self.class_changed),
                   "steps": HOFFMANN_STEPS, "step_size": self.eps * HOFFMANN_STEP_FRACTION,
                   "prototypes_tried": self.ranks}
         if attacked == 0:

@@ -9,23 +9,25 @@ importances come from :mod:`protobench.metrics.funnybirds_pass`.
 
 Named departures for all protocols: parts are synthbirds' 11 named parts (FunnyBirds: 5), the images are the
 harness's class-stratified test subset (``costly``; FunnyBirds: its whole test split or ``--nr_itrs`` images),
-and every protocol sees the same images. The states are torchmetrics states (counts summed, per-image scores
-concatenated), so the metrics reduce across processes under torchrun.
+and every protocol sees the same images. The states are sums over images (counts, and sums and counts of
+per-image scores), so the metrics reduce across processes under torchrun; each keeps one copy per bootstrap
+resample, and every result carries the 95% Poisson-bootstrap interval over test images of
+:mod:`protobench.metrics.resampled`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
-import torchmetrics
 from scipy import stats
-from torchmetrics.utilities import dim_zero_cat
 
 from protobench.contract import EvalContext, Explanation, MetricResult, MetricSpec, PrototypeModel
 from protobench.data.synthbirds_classes import PART_NAMES
 from protobench.metrics.funnybirds_pass import THRESHOLDS, ImageOutcome, shared_pass
+from protobench.metrics.resampled import Resampled
 
 PAPER = "Hesse, Schaub-Meyer and Roth, FunnyBirds, ICCV 2023"
 #: A removal matters when it lowers the target logit by at least this fraction of it:
@@ -56,52 +58,56 @@ def irrelevant(original: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
     return (drop.abs() < (RELEVANT_DROP * original).abs()) | (original < removed)
 
 
-def _cat(values: list[torch.Tensor] | torch.Tensor) -> torch.Tensor | None:
-    """A per-image list state as one tensor (None when empty), before or after a cross-process reduction."""
-    if isinstance(values, list) and not values:
-        return None
-    return dim_zero_cat(values).cpu()
-
-
-class _Protocol(torchmetrics.Metric):
-    """A protocol's streaming state: feeds the shared pass, keeps counts and per-image scores."""
+class _Protocol(Resampled):
+    """A protocol's streaming state: feeds the shared pass, keeps sums over images (counts, and sums of
+    per-image scores with their counts), one copy per bootstrap resample (:mod:`protobench.metrics.resampled`).
+    """
 
     protocol = ""
-    full_state_update = False
 
-    def __init__(self, model: PrototypeModel, context: EvalContext):
-        super().__init__()
+    def __init__(self, model: PrototypeModel, context: EvalContext, seed: int = 0):
+        super().__init__(seed)
         self.__dict__["shared"] = shared_pass(model, context, self.protocol)  # outside the module tree
-        self.add_state("images", torch.tensor(0), dist_reduce_fx="sum")
+        self.add_sum("images")
 
     def update(self, batch: dict[str, Any], explanation: Explanation) -> None:
-        for outcome in self.shared.outcomes(batch, explanation):
-            self.images += 1
-            self.score(outcome)
+        counts = self.counts(batch)
+        # the shared pass yields one outcome per image, in the batch's order
+        for row, outcome in enumerate(self.shared.outcomes(batch, explanation)):
+            weight = counts[:, row:row + 1]  # this image's resample counts [replicates + 1, 1]
+            self.accumulate("images", weight, 1.0)
+            self.score(outcome, weight)
 
-    def score(self, outcome: ImageOutcome) -> None:
+    def score(self, outcome: ImageOutcome, weight: torch.Tensor | None = None) -> None:
+        """Add one image's scores, weighted by its resample counts ``weight`` (``[replicates + 1, 1]``; by
+        default those of the next image in arrival order, for outcomes fed by hand)."""
         raise NotImplementedError
+
+    def _weight(self, outcome: ImageOutcome, weight: torch.Tensor | None) -> torch.Tensor:
+        return self.counts({"label": [outcome.label]}) if weight is None else weight
 
 
 class BackgroundIndependence(_Protocol):
     """BI = 1 - (relevant background objects / all background objects) (``background_independence_protocol``).
 
-    An object is relevant when removing it lowers the target logit by at least 5% (:func:`relevant`).
+    An object is relevant when removing it lowers the target logit by at least 5% (:func:`relevant`). The
+    interval is the Poisson bootstrap over test images of :mod:`protobench.metrics.resampled`.
     """
 
     protocol = "background_independence"
 
-    def __init__(self, model: PrototypeModel, context: EvalContext):
-        super().__init__(model, context)
-        self.add_state("relevant", torch.tensor(0), dist_reduce_fx="sum")
-        self.add_state("total", torch.tensor(0), dist_reduce_fx="sum")
+    def __init__(self, model: PrototypeModel, context: EvalContext, seed: int = 0):
+        super().__init__(model, context, seed)
+        self.add_sum("relevant")
+        self.add_sum("total")
 
-    def score(self, outcome: ImageOutcome) -> None:
+    def score(self, outcome: ImageOutcome, weight: torch.Tensor | None = None) -> None:
+        weight = self._weight(outcome, weight)
         original = outcome.logits[outcome.label]
-        self.relevant += int(relevant(original, outcome.object_removed[:, outcome.label]).sum())
-        self.total += outcome.objects
+        self.accumulate("relevant", weight, int(relevant(original, outcome.object_removed[:, outcome.label]).sum()))
+        self.accumulate("total", weight, outcome.objects)
 
-    def compute(self) -> MetricResult:
+    def result(self) -> MetricResult:
         relevant_objects, total = int(self.relevant), int(self.total)
         if not total:
             return MetricResult(None, {"reason": "no background objects in the evaluated images"})
@@ -128,17 +134,27 @@ class Completeness(_Protocol):
     departures: issue 5's wording "mean(CSDC, PC, DC, D)" is replaced by the reference's weighting; CSDC is
     0 where no image is classified correctly and the first threshold is taken where the objective is 0
     everywhere (the reference fails in both cases).
+
+    States: per curve, the sum over its counted images of their ``[T]`` scores and the number of those images.
+    The interval is the Poisson bootstrap over test images of :mod:`protobench.metrics.resampled` (the best
+    threshold is chosen anew in each resample).
     """
 
     protocol = "completeness"
 
-    def __init__(self, model: PrototypeModel, context: EvalContext):
-        super().__init__(model, context)
+    def __init__(self, model: PrototypeModel, context: EvalContext, seed: int = 0):
+        super().__init__(model, context, seed)
         self.__dict__["dataset"] = context.dataset
         for name in CURVES:
-            self.add_state(name, [], dist_reduce_fx="cat")  # one [1, T] row per counted image
+            self.add_sum(name, len(THRESHOLDS))  # sum of the counted images' [T] rows
+            self.add_sum(f"{name}_images")
 
-    def score(self, outcome: ImageOutcome) -> None:
+    def _add(self, name: str, row: torch.Tensor, weight: torch.Tensor) -> None:
+        self.accumulate(name, weight, row[None])
+        self.accumulate(f"{name}_images", weight, 1.0)
+
+    def score(self, outcome: ImageOutcome, weight: torch.Tensor | None = None) -> None:
+        weight = self._weight(outcome, weight)
         k, label, prediction = len(PART_NAMES), outcome.label, outcome.prediction
         important = outcome.important[:, :k]
         if prediction == label:
@@ -147,22 +163,22 @@ class Completeness(_Protocol):
                 chosen = torch.tensor([p in part_set for p in PART_NAMES])
                 overlap = (important & chosen).sum(1).double() / len(part_set)
                 best = torch.maximum(best, overlap)
-            self.csdc.append(best[None])
-        self.pc.append((outcome.preserved.argmax(1) == prediction).double()[None])
-        self.dc.append((outcome.deleted.argmax(1) != prediction).double()[None])
+            self._add("csdc", best, weight)
+        self._add("pc", (outcome.preserved.argmax(1) == prediction).double(), weight)
+        self._add("dc", (outcome.deleted.argmax(1) != prediction).double(), weight)
         original = outcome.logits[label]
         removed = torch.cat([outcome.part_removed[:, label], outcome.object_removed[:, label]])
         irrelevant_parts = irrelevant(original, removed)
         if irrelevant_parts.any():
             called = (outcome.important & irrelevant_parts).sum(1).double() / int(irrelevant_parts.sum())
-            self.d.append(called[None])
+            self._add("d", called, weight)
 
-    def compute(self) -> MetricResult:
-        rows = {name: _cat(getattr(self, name)) for name in CURVES}
-        if rows["pc"] is None:
+    def result(self) -> MetricResult:
+        counted = {name: int(getattr(self, f"{name}_images")) for name in CURVES}
+        if not counted["pc"]:
             return MetricResult(None, {"reason": "no evaluated images"})
         zeros = torch.zeros(len(THRESHOLDS), dtype=torch.float64)
-        curves = {name: zeros if v is None else v.double().mean(0) for name, v in rows.items()}
+        curves = {name: zeros if not n else getattr(self, name).double().cpu() / n for name, n in counted.items()}
         curves["d"] = 1 - curves["d"]  # distractibility_protocol: 1 - mean share; 1 when no image counts
         objective = (curves["csdc"] + curves["pc"] + curves["dc"]) / 3 + curves["d"]
         best = int(objective.argmax()) if bool((objective > 0).any()) else 0
@@ -170,8 +186,8 @@ class Completeness(_Protocol):
         value = ((parts["csdc"] + parts["pc"] + parts["dc"]) / 3 + parts["d"]) / 2
         return MetricResult(value, {
             **parts, "best_threshold": float(THRESHOLDS[best]), "images": int(self.images),
-            "csdc_images": 0 if rows["csdc"] is None else len(rows["csdc"]),
-            "d_images": 0 if rows["d"] is None else len(rows["d"]),
+            "csdc_images": counted["csdc"],
+            "d_images": counted["d"],
             "thresholds": [round(float(t), 6) for t in THRESHOLDS],
             "curves": {name: [round(float(v), 6) for v in curve] for name, curve in curves.items()},
         })
@@ -180,28 +196,33 @@ class Completeness(_Protocol):
 class Correctness(_Protocol):
     """SD: Spearman correlation of part importance with the target-logit drop of removing that part alone,
     mapped to [0, 1] as ``0.5 * rho + 0.5`` and averaged over images (``single_deletion_protocol``; images
-    whose correlation is undefined, e.g. constant importances, are skipped as there)."""
+    whose correlation is undefined, e.g. constant importances, are skipped as there). States: the sum and
+    the number of the images' scores; the interval is the Poisson bootstrap over test images of
+    :mod:`protobench.metrics.resampled`."""
 
     protocol = "correctness"
 
-    def __init__(self, model: PrototypeModel, context: EvalContext):
-        super().__init__(model, context)
-        self.add_state("scores", [], dist_reduce_fx="cat")
-        self.add_state("skipped", torch.tensor(0), dist_reduce_fx="sum")
+    def __init__(self, model: PrototypeModel, context: EvalContext, seed: int = 0):
+        super().__init__(model, context, seed)
+        self.add_sum("scores")  # sum of 0.5 * rho + 0.5 over the scored images
+        self.add_sum("scored")
+        self.add_sum("skipped")
 
-    def score(self, outcome: ImageOutcome) -> None:
+    def score(self, outcome: ImageOutcome, weight: torch.Tensor | None = None) -> None:
+        weight = self._weight(outcome, weight)
         drop = outcome.logits[outcome.label] - outcome.part_removed[:, outcome.label]
         rho = single_deletion_correlation(drop.numpy(), outcome.importance.numpy())
         if np.isnan(rho):
-            self.skipped += 1
+            self.accumulate("skipped", weight, 1.0)
         else:
-            self.scores.append(torch.tensor([0.5 * rho + 0.5], dtype=torch.float64))
+            self.accumulate("scores", weight, 0.5 * rho + 0.5)
+            self.accumulate("scored", weight, 1.0)
 
-    def compute(self) -> MetricResult:
-        scores, skipped = _cat(self.scores), int(self.skipped)
-        if scores is None:
+    def result(self) -> MetricResult:
+        scored, skipped = int(self.scored), int(self.skipped)
+        if not scored:
             return MetricResult(None, {"reason": "no image with a defined rank correlation", "skipped": skipped})
-        return MetricResult(float(scores.mean()), {"images": len(scores), "skipped": skipped})
+        return MetricResult(float(self.scores) / scored, {"images": scored, "skipped": skipped})
 
 
 def single_deletion_correlation(drops: np.ndarray, importances: np.ndarray) -> float:
@@ -216,40 +237,56 @@ class Contrastivity(_Protocol):
     an image whose logits confirm that each class depends on its shared parts scores, per class, 1 when the
     explanation for that class gives its shared parts more importance than the other class's explanation
     does; the mean over all such scores. Images without such a class pair (small class tables) are skipped,
-    as are images failing the logit check."""
+    as are images failing the logit check. States: the sum and the number of the scores (two per scored image)
+    and the scored images; the interval is the Poisson bootstrap over test images of
+    :mod:`protobench.metrics.resampled`."""
 
     protocol = "contrastivity"
 
-    def __init__(self, model: PrototypeModel, context: EvalContext):
-        super().__init__(model, context)
-        self.add_state("scores", [], dist_reduce_fx="cat")
-        self.add_state("no_pair", torch.tensor(0), dist_reduce_fx="sum")
-        self.add_state("assumption_wrong", torch.tensor(0), dist_reduce_fx="sum")
+    def __init__(self, model: PrototypeModel, context: EvalContext, seed: int = 0):
+        super().__init__(model, context, seed)
+        self.add_sum("scores")  # sum of the 0 / 1 scores
+        self.add_sum("pairs")  # number of scores
+        self.add_sum("scored")
+        self.add_sum("no_pair")
+        self.add_sum("assumption_wrong")
 
-    def score(self, outcome: ImageOutcome) -> None:
+    def score(self, outcome: ImageOutcome, weight: torch.Tensor | None = None) -> None:
+        weight = self._weight(outcome, weight)
         contrast = outcome.contrast
         if contrast is None:
-            self.no_pair += 1
+            self.accumulate("no_pair", weight, 1.0)
             return
         if "importance" not in contrast:
-            self.assumption_wrong += 1
+            self.accumulate("assumption_wrong", weight, 1.0)
             return
         first, second = contrast["importance"]
+        scores = []
         for n, shared in enumerate(contrast["shared"]):
             mask = torch.tensor([p in shared for p in PART_NAMES])
             own, other = (first, second) if n == 0 else (second, first)
-            self.scores.append(torch.tensor([float(own[mask].sum() > other[mask].sum())], dtype=torch.float64))
+            scores.append(float(own[mask].sum() > other[mask].sum()))
+        self.accumulate("scores", weight, sum(scores))
+        self.accumulate("pairs", weight, len(scores))
+        self.accumulate("scored", weight, 1.0)
 
-    def compute(self) -> MetricResult:
-        scores = _cat(self.scores)
+    def result(self) -> MetricResult:
+        pairs = int(self.pairs)
         detail = {"images_without_class_pair": int(self.no_pair), "images_assumption_wrong": int(self.assumption_wrong)}
-        if scores is None:
+        if not pairs:
             return MetricResult(None, {**detail, "reason": "no image with a usable class pair"})
-        return MetricResult(float(scores.mean()), {**detail, "images": len(scores) // 2})
+        return MetricResult(float(self.scores) / pairs, {**detail, "images": int(self.scored)})
+
+
+def _factory(state: type[_Protocol]) -> Callable[[PrototypeModel, EvalContext], _Protocol]:
+    def make(model: PrototypeModel, context: EvalContext) -> _Protocol:
+        return state(model, context, seed=context.seed)
+    make.__name__ = make.__qualname__ = f"_{state.__name__.lower()}"
+    return make
 
 
 def _spec(name: str, state: type[_Protocol], function: str) -> MetricSpec:
-    return MetricSpec(name=name, compute=state, higher_is_better=True, needs=NEEDS,
+    return MetricSpec(name=name, compute=_factory(state), higher_is_better=True, needs=NEEDS,
                       paper=f"{PAPER} ({function})", costly=True, group="faithfulness")
 
 

@@ -38,12 +38,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torchmetrics
 from torch import Tensor
 
 from protobench.attribution import attribution_maps, box_masks, uses_prototypes
 from protobench.contract import EvalContext, Explanation, MetricResult, MetricSpec, PrototypeModel
 from protobench.metrics.part_vectors import counted_pairs
+from protobench.metrics.resampled import Resampled
 from protobench.regions import prototype_regions
 
 #: Share of the image's pixels the area-based pointing game selects: CaBRNet ``relevance_analysis.analyze``
@@ -104,57 +104,59 @@ def region_shares(boxes: Tensor, masks: Tensor, image: Tensor) -> Tensor:
     return inside / (rows.sum(dim=1) * columns.sum(dim=1))
 
 
-class ObjectRelevance(torchmetrics.Metric):
-    """Streaming sums: attribution mass and pointing hits per image, region shares per prototype."""
+class ObjectRelevance(Resampled):
+    """Streaming sums: attribution mass and pointing hits per image, region shares per prototype.
 
-    full_state_update = False
+    The interval is the Poisson bootstrap over test images of :mod:`protobench.metrics.resampled`.
+    """
 
-    def __init__(self, model: PrototypeModel, dataset: Any):
-        super().__init__()
+    def __init__(self, model: PrototypeModel, dataset: Any, seed: int = 0):
+        super().__init__(seed)
         self.__dict__["model"] = model  # outside the module tree: the metric's .to() and state_dict skip it
         self.__dict__["dataset"] = dataset
         self.object_source = ""
         self.register_buffer("prototype_classes", model.prototype_classes.detach().clone(), persistent=False)
         p = model.num_prototypes
-        self.add_state("mass", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("hits", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
-        self.add_state("top_area", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("images", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
-        self.add_state("unmasked", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
-        self.add_state("top_share", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("share", torch.zeros(p, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("counted", torch.zeros(p, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_sum("mass")
+        self.add_sum("hits")
+        self.add_sum("top_area")
+        self.add_sum("images")
+        self.add_sum("unmasked")
+        self.add_sum("top_share")
+        self.add_sum("share", p)
+        self.add_sum("counted", p)
 
     def update(self, batch: dict[str, Any], explanation: Explanation) -> None:
+        counts = self.counts(batch)
         images = batch["image"].to(explanation.logits.device)
         size = (images.shape[-2], images.shape[-1])
         found = object_masks(self.dataset, batch, size)
         if found is None:
-            self.unmasked += len(images)
+            self.accumulate("unmasked", counts, 1.0)
             return
         masks, self.object_source = found[0].to(images.device), found[1]
         target = explanation.logits.argmax(dim=1)
         attribution = attribution_maps(self.model, images, target, explanation)
-        self.mass += mass_inside(attribution, masks).sum().to(self.mass.device)
-        self.hits += pointing_hits(attribution, masks).sum().to(self.hits.device)
-        self.top_area += top_area_inside(attribution, masks).sum().to(self.mass.device)
-        self.images += len(images)
+        self.accumulate("mass", counts, mass_inside(attribution, masks))
+        self.accumulate("hits", counts, pointing_hits(attribution, masks))
+        self.accumulate("top_area", counts, top_area_inside(attribution, masks))
+        self.accumulate("images", counts, 1.0)
         if not uses_prototypes(self.model, explanation):
             return
         pairs = counted_pairs(batch["label"], self.prototype_classes, explanation.contributions)
         boxes = prototype_regions(self.model, explanation, size, pairs=pairs).to(images.device)
         shares = region_shares(boxes, masks, pairs[:, 0].to(images.device))
-        prototypes = pairs[:, 1].to(self.share.device)
-        self.share.index_add_(0, prototypes, shares.double().to(self.share.device))
-        self.counted.index_add_(0, prototypes, torch.ones_like(prototypes))
+        image, prototypes = pairs[:, 0], pairs[:, 1]
+        self.accumulate("share", counts, shares.double(), rows=image, at=prototypes)
+        self.accumulate("counted", counts, 1.0, rows=image, at=prototypes)
         rows = torch.arange(len(target), device=target.device)
         top = explanation.contributions[rows, :, target].argmax(dim=1)
         top_pairs = torch.stack([rows, top], dim=1)
         top_boxes = prototype_regions(self.model, explanation, size, pairs=top_pairs).to(images.device)
         top_shares = region_shares(top_boxes, masks, rows.to(images.device))
-        self.top_share += top_shares.sum().double().to(self.mass.device)
+        self.accumulate("top_share", counts, top_shares)
 
-    def compute(self) -> MetricResult:
+    def result(self) -> MetricResult:
         n = int(self.images)
         if n == 0:
             none = "the dataset gives neither object masks nor bounding boxes"
@@ -177,14 +179,14 @@ class ObjectRelevance(torchmetrics.Metric):
                     "region_in_object": [round(v, 6) if c else None
                                          for v, c in zip(per_prototype.tolist(), counted.tolist())],
                     "class": self.prototype_classes.tolist(),
-                    "images": self.counted.tolist(),
+                    "images": self.counted.long().tolist(),
                 },
             },
         )
 
 
 def _object_relevance(model: PrototypeModel, context: EvalContext) -> ObjectRelevance:
-    return ObjectRelevance(model, context.dataset)
+    return ObjectRelevance(model, context.dataset, seed=context.seed)
 
 
 OBJECT_RELEVANCE = MetricSpec(

@@ -46,12 +46,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torchmetrics
 import torchvision.transforms.v2.functional as TF
 from torch import Tensor
 
 from protobench.attribution import attribution_maps, box_masks, uses_prototypes
 from protobench.contract import EvalContext, Explanation, MetricResult, MetricSpec, PrototypeModel
+from protobench.metrics.resampled import Resampled
 from protobench.regions import half_size, prototype_regions
 
 #: Regions removed, one more per step (``k = 1..TOP_K``): a choice (no paper constant); at 64 px five regions
@@ -161,27 +161,29 @@ def deleted_logits(model: PrototypeModel, images: Tensor, fill: Tensor, masks: T
     return logits.reshape(batch, k, -1)
 
 
-class RegionDeletion(torchmetrics.Metric):
+class RegionDeletion(Resampled):
     """Streaming sums of the probability, logit and accuracy drops per step, for the explanation's regions and
-    the control."""
+    the control.
 
-    full_state_update = False
+    ``seed`` places the control regions and the noise fill, and draws the resamples of the interval (the
+    Poisson bootstrap over test images of :mod:`protobench.metrics.resampled`).
+    """
 
     def __init__(self, model: PrototypeModel, seed: int = 0, fill: str | float = FILL, top_k: int = TOP_K):
-        super().__init__()
         if not (isinstance(fill, (int, float)) or fill in FILLS):
             raise ValueError(f"unknown fill {fill!r}: choose one of {FILLS} or a number")
+        super().__init__(seed)
         self.__dict__["model"] = model  # outside the module tree: the metric's .to() and state_dict skip it
-        self.seed, self.fill = seed, fill
+        self.fill = fill
         self.regions_used = ""
         self.top_k = min(top_k, model.num_prototypes) if model.num_prototypes else top_k
         if self.top_k < 1:
             raise ValueError(f"region deletion needs top_k >= 1, got {self.top_k}")
         for name in ("probability_drop", "control_probability_drop", "logit_drop", "control_logit_drop",
                      "correct_after", "control_correct_after"):
-            self.add_state(name, torch.zeros(self.top_k, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("correct", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("images", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+            self.add_sum(name, self.top_k)
+        self.add_sum("correct")
+        self.add_sum("images")
 
     def boxes(self, images: Tensor, explanation: Explanation, target: Tensor) -> Tensor:
         size = (images.shape[-2], images.shape[-1])
@@ -193,6 +195,7 @@ class RegionDeletion(torchmetrics.Metric):
         return attribution_boxes(attribution, self.top_k, half_size(size))
 
     def update(self, batch: dict[str, Any], explanation: Explanation) -> None:
+        counts = self.counts(batch)
         logits = explanation.logits
         images = batch["image"].to(logits.device)
         labels = batch["label"].to(logits.device)
@@ -206,17 +209,17 @@ class RegionDeletion(torchmetrics.Metric):
         probabilities = logits.double().softmax(dim=1)[rows, target]
         probability_drops = probabilities[:, None] - after.double().softmax(dim=2)[rows, :, target]
         hits = (after.argmax(dim=2) == labels[:, None]).double()
-        k = self.top_k
-        self.probability_drop += probability_drops[:, :k].sum(0).to(self.logit_drop.device)
-        self.control_probability_drop += probability_drops[:, k:].sum(0).to(self.logit_drop.device)
-        self.logit_drop += drops[:, :k].sum(0).to(self.logit_drop.device)
-        self.control_logit_drop += drops[:, k:].sum(0).to(self.logit_drop.device)
-        self.correct_after += hits[:, :k].sum(0).to(self.logit_drop.device)
-        self.control_correct_after += hits[:, k:].sum(0).to(self.logit_drop.device)
-        self.correct += (target == labels).sum().double().to(self.logit_drop.device)
-        self.images += len(target)
+        k = self.top_k  # one row per image of the batch: summed with its resample counts
+        self.accumulate("probability_drop", counts, probability_drops[:, :k])
+        self.accumulate("control_probability_drop", counts, probability_drops[:, k:])
+        self.accumulate("logit_drop", counts, drops[:, :k])
+        self.accumulate("control_logit_drop", counts, drops[:, k:])
+        self.accumulate("correct_after", counts, hits[:, :k])
+        self.accumulate("control_correct_after", counts, hits[:, k:])
+        self.accumulate("correct", counts, target == labels)
+        self.accumulate("images", counts, 1.0)
 
-    def compute(self) -> MetricResult:
+    def result(self) -> MetricResult:
         n = int(self.images)
         if n == 0:
             raise ValueError("region deletion: no test image was seen")

@@ -66,13 +66,13 @@ import weakref
 from typing import Any
 
 import torch
-import torchmetrics
 from torch import Tensor
 from torch.nn import functional as F
 
 from protobench.contract import EvalContext, Explanation, MetricResult, MetricSpec, PrototypeModel
 from protobench.metrics.adversarial import gradient_sign, uniform_noise
 from protobench.metrics.part_vectors import counted_pairs
+from protobench.metrics.resampled import Resampled
 from protobench.regions import REFERENCE_SIZE, prototype_regions
 
 #: Official budget and step on ImageNet-normalised images (``run_adversarial_test.py``: ``--epsilon`` 0.4,
@@ -206,30 +206,33 @@ def _measure(model: PrototypeModel, batch: dict[str, Any], explanation: Explanat
     return {"pac": pac.float(), "prc": prc, "plc": plc.float(), "counted": counted}
 
 
-class SpatialMisalignment(torchmetrics.Metric):
-    """One of PAC, PRC, PLC (``which``): its mean over the images, the other two in the detail."""
+class SpatialMisalignment(Resampled):
+    """One of PAC, PRC, PLC (``which``): its mean over the images, the other two in the detail.
 
-    full_state_update = False
+    ``seed`` seeds the attack's random start and the interval over test images, the Poisson bootstrap of
+    :mod:`protobench.metrics.resampled`.
+    """
 
     def __init__(self, model: PrototypeModel, which: str, seed: int = 0):
-        super().__init__()
+        super().__init__(seed)
         self.__dict__["model"] = model  # outside the module tree: the metric's .to() and state_dict skip it
-        self.which, self.seed = which, seed
-        self.add_state("images", torch.tensor(0), dist_reduce_fx="sum")
-        self.add_state("pac_images", torch.tensor(0), dist_reduce_fx="sum")
+        self.which = which
+        self.add_sum("images")
+        self.add_sum("pac_images")
         for name in ("pac", "prc", "plc"):
-            self.add_state(f"{name}_sum", torch.tensor(0.0), dist_reduce_fx="sum")
+            self.add_sum(f"{name}_sum")
 
     def update(self, batch: dict[str, Any], explanation: Explanation) -> None:
+        counts = self.counts(batch)
         result = spatial_misalignment(self.model, batch, explanation, self.seed)
         counted = result["counted"]
-        self.images += len(counted)
-        self.pac_images += counted.sum().to(self.pac_images.device)
-        self.pac_sum += result["pac"][counted].sum().to(self.pac_sum.device)
-        self.prc_sum += result["prc"].sum().to(self.prc_sum.device)
-        self.plc_sum += result["plc"].sum().to(self.plc_sum.device)
+        self.accumulate("images", counts, 1.0)
+        self.accumulate("pac_images", counts, counted)
+        self.accumulate("pac_sum", counts, torch.where(counted, result["pac"], 0))
+        self.accumulate("prc_sum", counts, result["prc"])
+        self.accumulate("plc_sum", counts, result["plc"])
 
-    def compute(self) -> MetricResult:
+    def result(self) -> MetricResult:
         images, pac_images = int(self.images), int(self.pac_images)
         means = {"pac": float(self.pac_sum) / pac_images if pac_images else None,
                  "prc": float(self.prc_sum) / images if images else None,
@@ -247,7 +250,7 @@ def spatial_spec(which: str) -> MetricSpec:
     """The MetricSpec ``spatial_<which>`` (``pac``, ``prc`` or ``plc``); lower is better for all three."""
 
     def build(model: PrototypeModel, context: EvalContext) -> SpatialMisalignment:
-        return SpatialMisalignment(model, which, context.seed)
+        return SpatialMisalignment(model, which, seed=context.seed)
 
     return MetricSpec(name=f"spatial_{which}", compute=build, higher_is_better=False,
                       needs=frozenset({"prototypes"}), paper=PAPER, costly=True, group="robustness")

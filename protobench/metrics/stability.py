@@ -28,11 +28,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torchmetrics
 from torch import Tensor
 
 from protobench.contract import EvalContext, Explanation, MetricResult, MetricSpec, PrototypeModel
 from protobench.metrics.part_vectors import counted_pairs, pair_part_vectors
+from protobench.metrics.resampled import Resampled
 
 #: Standard deviation of the Gaussian noise in normalised input space: EvalProtoPNet
 #: util/eval_interpretability.py, ``perturb_img`` (``std=0.2``).
@@ -63,21 +63,23 @@ def noise(indices: Tensor, shape: tuple[int, int, int], seed: int) -> Tensor:
     return (torch.stack(draws) * NOISE_STD).clamp(-NOISE_CLIP, NOISE_CLIP) * scale
 
 
-class Stability(torchmetrics.Metric):
-    """Streaming stability: per prototype, the counted images and those with an unchanged part vector."""
+class Stability(Resampled):
+    """Streaming stability: per prototype, the counted images and those with an unchanged part vector.
 
-    full_state_update = False
+    The interval is the Poisson bootstrap over test images of :mod:`protobench.metrics.resampled`, drawn with
+    the same seed as the noise.
+    """
 
     def __init__(self, model: PrototypeModel, seed: int = 0):
-        super().__init__()
+        super().__init__(seed)
         self.__dict__["model"] = model  # outside the module tree: the metric's .to() and state_dict skip it
-        self.seed = seed
         p = model.num_prototypes
         self.register_buffer("prototype_classes", model.prototype_classes.detach().clone(), persistent=False)
-        self.add_state("stable", torch.zeros(p, dtype=torch.long), dist_reduce_fx="sum")
-        self.add_state("images", torch.zeros(p, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_sum("stable", p)
+        self.add_sum("images", p)
 
     def update(self, batch: dict[str, Any], explanation: Explanation) -> None:
+        counts = self.counts(batch)
         clean = batch["image"].to(explanation.logits.device)
         delta = noise(batch["index"], tuple(clean.shape[1:]), self.seed).to(clean)
         with torch.no_grad():
@@ -87,11 +89,11 @@ class Stability(torchmetrics.Metric):
         size = tuple(clean.shape[-2:])
         before = pair_part_vectors(self.model, explanation, keypoints, pairs, size)
         after = pair_part_vectors(self.model, perturbed, keypoints, pairs, size)
-        proto = pairs[:, 1]
-        self.stable.index_add_(0, proto, (before == after).all(dim=1).to(self.stable.device).long())
-        self.images.index_add_(0, proto, torch.ones_like(proto))
+        image, proto = pairs[:, 0], pairs[:, 1]
+        self.accumulate("stable", counts, (before == after).all(dim=1), rows=image, at=proto)
+        self.accumulate("images", counts, 1.0, rows=image, at=proto)
 
-    def compute(self) -> MetricResult:
+    def result(self) -> MetricResult:
         counted = self.images > 0
         if not bool(counted.any()):  # e.g. a few test images and no prototype evidence for their classes
             return MetricResult(value=None, detail={"reason": "no test image counts for any prototype"})
@@ -103,7 +105,7 @@ class Stability(torchmetrics.Metric):
                 "per_prototype": {
                     "stability": [round(v, 6) if c else None for v, c in zip(per_prototype.tolist(), counted.tolist())],
                     "class": self.prototype_classes.tolist(),
-                    "images": self.images.tolist(),
+                    "images": self.images.long().tolist(),
                 },
             },
         )
