@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from protobench import checkpoint, harness, leaderboard, looks_like, runs
-from protobench.check import regressions
+from protobench.check import KINDS, compare, failures, load_tolerances, report
 from protobench.data.transforms import eval_transform
 from protobench.devices import resolve_device
 from protobench.gallery import contact_sheet
@@ -58,6 +59,8 @@ def _settings(args: argparse.Namespace) -> Settings:
 #: The default workdir, and where the committed leaderboards live.
 DEFAULT_WORKDIR = ".protobench"
 COMMITTED_BOARDS = "leaderboards"
+#: The committed per-metric tolerances of ``protobench check`` (beside the committed leaderboards).
+TOLERANCES = "tolerances.json"
 
 
 def _board_dir(args: argparse.Namespace) -> Path:
@@ -121,12 +124,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not models:
         raise PluginError("no model plugins are registered (see `protobench plugins`)")
     metrics = args.metrics.split(",") if args.metrics else None
-    failed = harness.run(reg, models, settings, metrics)
+    failed = []
+    for seed in _seeds(args.seeds) if args.seeds else [settings.seed]:
+        failed += harness.run(reg, models, dataclasses.replace(settings, seed=seed), metrics)
     if int(os.environ.get("RANK", "0")) == 0:
         _write_board(args, settings, reg)
     for line in failed:
         print(f"protobench: error: {line}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--seeds {text!r}: expected comma-separated integers, e.g. 0,1,2") from None
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds {text!r}: a seed is repeated")
+    return seeds
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
@@ -146,18 +161,22 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    baseline_path = Path(args.baseline or Path(args.out or COMMITTED_BOARDS) / f"{args.dataset}.json")
+    boards = Path(args.out or COMMITTED_BOARDS)
+    baseline_path = Path(args.baseline or boards / f"{args.dataset}.json")
     try:
         baseline = json.loads(baseline_path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ValueError(f"baseline {baseline_path} is unreadable: {exc}") from exc
-    current = leaderboard.table(settings.store, args.dataset)
-    found = regressions(baseline, current, args.tolerance)
-    for line in found:
-        print(f"REGRESSION {line}")
+    tolerance_path = Path(args.tolerances) if args.tolerances else boards / TOLERANCES
+    tolerances = load_tolerances(tolerance_path) if args.tolerances or tolerance_path.is_file() else {}
+    changes = compare(baseline, leaderboard.table(settings.store, args.dataset), tolerances, args.tolerance)
+    if changes:
+        print(report(changes))
     compared = sum(e["value"] is not None for row in baseline["rows"] for e in row["metrics"].values())
-    print(f"{len(found)} regression(s) in {compared} baseline numbers compared, against {baseline_path}")
-    return 1 if found else 0
+    counts = {kind: sum(c.kind == kind for c in changes) for kind in KINDS}
+    print(", ".join(f"{n} {kind}" for kind, n in counts.items()) + f" of {compared} baseline numbers, against "
+          f"{baseline_path}" + (f" and {tolerance_path}" if tolerances else ""))
+    return 1 if failures(changes) else 0
 
 
 def cmd_gallery(args: argparse.Namespace) -> int:
@@ -238,6 +257,8 @@ def parser() -> argparse.ArgumentParser:
     q = sub.add_parser("run", help="train what has no checkpoint, evaluate, write the leaderboard")
     q.add_argument("--models", default=None, help="comma-separated (default: every registered model)")
     q.add_argument("--metrics", default=None, help="comma-separated (default: all)")
+    q.add_argument("--seeds", default=None, metavar="S,S,...", help="train and evaluate each model once per seed "
+                   "(replaces --seed); the leaderboard then shows intervals across seeds")
     common(q)
     q.set_defaults(func=cmd_run)
     q = sub.add_parser("leaderboard", help="write leaderboards/<dataset>.md and .json from the results")
@@ -266,7 +287,10 @@ def parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_explain)
     q = sub.add_parser("check", help="exit 1 if the results regress against the committed leaderboard")
     q.add_argument("--baseline", default=None, help="baseline json (default: <out>/<dataset>.json)")
-    q.add_argument("--tolerance", type=float, default=0.02, help="allowed absolute worsening (default 0.02)")
+    q.add_argument("--tolerances", default=None, metavar="FILE", help="per-metric tolerances for numbers without "
+                   f"intervals (default: <out>/{TOLERANCES} if it exists)")
+    q.add_argument("--tolerance", type=float, default=None, help="absolute tolerance for numbers with neither an "
+                   "interval nor a per-metric tolerance (default: none; such numbers are reported as ungated)")
     common(q)
     q.set_defaults(func=cmd_check)
     return p

@@ -2,7 +2,9 @@
 
 A row is a configuration: (model, profile, run identity; see :mod:`protobench.identity`), named by the model
 and the settings that differ from the profile's (``protopnet [output_stride=8]``), with the full identity in
-the json; a metric's value is the mean over the seeds that have it. A metric
+the json; a metric's value is the mean over the seeds that have it, with a 95% interval: across seeds (Student
+t on the per-seed values) where two or more seeds have it, else the record's interval over test images (the
+Poisson bootstrap of :mod:`protobench.metrics.resampled`); cells show ``value ± half-width``. A metric
 that does not apply to a model shows as ``n/a``, never as 0; one not computed shows as ``—``. The
 markdown has one table per metric group (``MetricSpec.group``): the models with their accuracy first,
 then interpretability, faithfulness, robustness and other metrics. Reference rows (``ModelSpec.reference``:
@@ -18,14 +20,18 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from scipy import stats
 
 from protobench.atomic import write_atomic, write_json_atomic
 from protobench.contract import GROUPS
+from protobench.metrics.resampled import LEVEL, REPLICATES
 from protobench.plots import accuracy_plot, plot_name, plotted_columns
 from protobench.plugins import Registry
 from protobench.store import ResultStore
 
 NOT_APPLICABLE, MISSING = "n/a", "—"
+#: A record whose detail says ``space: feature`` holds a guarantee in the model's feature space, not pixels.
+FEATURE_SPACE = "feature"
 REFERENCE_MARK = "(reference)"
 OTHER = "other"
 
@@ -63,15 +69,7 @@ def table(store: ResultStore, dataset: str, registry: Registry | None = None) ->
         metrics = {}
         for name, rs in sorted(by_metric.items()):
             metric_names.add(name)
-            values = [r["value"] for r in rs if r["value"] is not None]
-            entry: dict[str, Any] = {"higher_is_better": rs[0]["higher_is_better"], "seeds": sorted(r["seed"] for r in rs)}
-            if values:
-                entry["value"] = statistics.fmean(values)
-                entry["std"] = statistics.stdev(values) if len(values) > 1 else 0.0
-            else:
-                entry["value"] = None
-                entry["not_applicable"] = rs[0].get("not_applicable") or "not applicable"
-            metrics[name] = entry
+            metrics[name] = _entry(sorted(rs, key=lambda r: r["seed"]))
         rows.append({
             "model": model,
             "label": records[-1].get("label", model),
@@ -91,6 +89,30 @@ def table(store: ResultStore, dataset: str, registry: Registry | None = None) ->
             "rows": rows}
 
 
+def _entry(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """One metric of one row from its per-seed records: value, per-seed values, interval and its kind."""
+    entry: dict[str, Any] = {"higher_is_better": records[0]["higher_is_better"], "seeds": [r["seed"] for r in records],
+                             "per_seed": {str(r["seed"]): r["value"] for r in records}}
+    values = [r["value"] for r in records if r["value"] is not None]
+    if not values:
+        return {**entry, "value": None, "not_applicable": records[0].get("not_applicable") or "not applicable"}
+    entry["value"] = mean = statistics.fmean(values)
+    if (records[0].get("detail") or {}).get("space") == FEATURE_SPACE:  # e.g. certified accuracy of a robust head
+        entry["space"] = FEATURE_SPACE
+    if len(values) > 1:
+        half = float(stats.t.ppf((1 + LEVEL) / 2, len(values) - 1)) * statistics.stdev(values) / len(values) ** 0.5
+        entry.update(interval=[mean - half, mean + half], interval_kind="seeds")
+    elif records[0].get("interval"):
+        entry.update(interval=records[0]["interval"], interval_kind="bootstrap")
+    return entry
+
+
+def half_width(entry: dict[str, Any]) -> float | None:
+    """Half the width of a leaderboard entry's 95% interval (None without one)."""
+    interval = entry.get("interval")
+    return (interval[1] - interval[0]) / 2 if interval else None
+
+
 def row_label(row: dict[str, Any]) -> str:
     """A leaderboard row's name: the model with its non-default settings (rows of older boards: the model)."""
     return row.get("label") or row["model"]
@@ -101,8 +123,9 @@ def _cell(entry: dict[str, Any] | None) -> str:
         return MISSING
     if entry["value"] is None:
         return NOT_APPLICABLE
-    text = f"{entry['value']:.3f}"
-    return text + (f" ± {entry['std']:.3f}" if len(entry["seeds"]) > 1 else "")
+    half = half_width(entry)
+    space = " (feature space)" if entry.get("space") == FEATURE_SPACE else ""
+    return f"{entry['value']:.3f}" + ("" if half is None else f" ± {half:.3f}") + space
 
 
 def _frame(data: dict[str, Any], names: list[str], overview: bool) -> str:
@@ -114,6 +137,7 @@ def _frame(data: dict[str, Any], names: list[str], overview: bool) -> str:
                 "backbone": row["backbone"],
                 "params (M)": f"{row['parameters'] / 1e6:.2f}" if row["parameters"] else MISSING,
                 "prototypes": row["prototypes"],
+                "seeds": ",".join(str(s) for s in _seeds(row)),
                 "train (s)": f"{row['train_seconds']:.0f}" if row.get("train_seconds") is not None else MISSING,
             } if overview else {}),
             **{name: _cell(row["metrics"].get(name)) for name in names},
@@ -121,6 +145,10 @@ def _frame(data: dict[str, Any], names: list[str], overview: bool) -> str:
         for row in data["rows"]
     ])
     return frame.to_markdown(index=False, disable_numparse=True)
+
+
+def _seeds(row: dict[str, Any]) -> list[int]:
+    return sorted({seed for entry in row["metrics"].values() for seed in entry.get("seeds", [])})
 
 
 def markdown(data: dict[str, Any], registry: Registry | None = None) -> str:
@@ -137,7 +165,14 @@ def markdown(data: dict[str, Any], registry: Registry | None = None) -> str:
     for group, names in sections.items():
         if group != "accuracy":
             lines += [f"## {group}", "", _frame(data, names, overview=False), ""]
-    lines += [f"`{NOT_APPLICABLE}`: the metric does not apply to the model; `{MISSING}`: not computed.", ""]
+    lines += [f"`{NOT_APPLICABLE}`: the metric does not apply to the model; `{MISSING}`: not computed.", "",
+              ("`value ± h`: h is half the width of the 95% confidence interval: across seeds (Student t) for rows "
+               "run with several seeds (the `seeds` column), else over test images (Poisson bootstrap, "
+               f"{REPLICATES} resamples; costly metrics see the profile's subset of test images)."), ""]
+    if any(e.get("space") == FEATURE_SPACE for row in data["rows"] for e in row["metrics"].values()):
+        lines += [("`(feature space)`: the model certifies its robustness in its own feature space (a robust head on "
+                   "a backbone's latent grid), with budgets in latent units: a feature-space certified accuracy, "
+                   "not an input-space guarantee, and not comparable with pixel-space numbers."), ""]
     if any(row.get("settings") for row in data["rows"]):
         lines += [("A row named `model [key=value, ...]` ran with settings that differ from its profile's (model "
                    "config keys; `data.` for dataset options); the json holds every row's full configuration."), ""]

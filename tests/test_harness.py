@@ -135,28 +135,40 @@ def test_nan_model_gets_a_clear_error_and_keeps_other_records(toy_cli):
     assert len([r for r in _records(toy_cli.cwd) if "seed0" in r]) == 8
 
 
+def changes(stdout: str) -> list[list[str]]:
+    """The rows of ``protobench check``'s table of changes, as lists of cells."""
+    lines = [line for line in stdout.splitlines() if line.startswith("| ") and not line.startswith("| change")]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+
+
 def test_check_passes_on_itself_and_fails_on_a_regression(toy_cli):
     assert toy_cli(*RUN).returncode == 0
-    done = toy_cli("check", "--dataset", "colours")
-    assert done.returncode == 0
     board = json.loads((toy_cli.cwd / "leaderboards/colours.json").read_text())
     numbers = [(r["model"], m) for r in board["rows"] for m, e in r["metrics"].items() if e["value"] is not None]
     assert ("toy_a", "hits") in numbers and ("toy_b", "counted") in numbers
-    assert f"0 regression(s) in {len(numbers)} baseline numbers compared" in done.stdout
-    baseline = json.loads((toy_cli.cwd / "leaderboards/colours.json").read_text())
-    baseline["rows"][0]["metrics"]["hits"]["value"] = 1.5
-    (toy_cli.cwd / "better.json").write_text(json.dumps(baseline))
-    done = toy_cli("check", "--dataset", "colours", "--baseline", "better.json")
+    # the toy metrics have no intervals: without a tolerance they are listed as ungated and do not fail
+    done = toy_cli("check", "--dataset", "colours")
+    assert done.returncode == 0 and {c[0] for c in changes(done.stdout)} <= {"ungated"}
+    done = toy_cli("check", "--dataset", "colours", "--tolerance", "0.02")
+    assert done.returncode == 0 and changes(done.stdout) == []
+    assert f"0 regressed, 0 missing, 0 improved, 0 ungated of {len(numbers)} baseline numbers" in done.stdout
+    board["rows"][0]["metrics"]["hits"]["value"] = 1.5
+    (toy_cli.cwd / "better.json").write_text(json.dumps(board))
+    done = toy_cli("check", "--dataset", "colours", "--baseline", "better.json", "--tolerance", "0.02")
     assert done.returncode == 1
-    assert "REGRESSION toy_a (quick) hits: baseline 1.5000, now 1.0000" in done.stdout
+    assert changes(done.stdout) == [["regressed", "toy_a (quick)", "hits", "1.5000", "1.0000", "0.0200",
+                                     "fallback tolerance 0.02"]]
+    (toy_cli.cwd / "tolerances.json").write_text(json.dumps({"metrics": {"hits": {"relative": 0.5}}}))
+    done = toy_cli("check", "--dataset", "colours", "--baseline", "better.json", "--tolerances", "tolerances.json")
+    assert done.returncode == 0, done.stdout  # 1.5 -> 1.0 is within 50% of 1.5
 
 
 def test_check_fails_where_the_workdir_has_no_result_for_a_baseline_row(toy_cli):
     assert toy_cli(*RUN).returncode == 0
     done = toy_cli("check", "--dataset", "colours", "--workdir", "empty")
     assert done.returncode == 1
-    assert "REGRESSION toy_a (quick): missing from the current results" in done.stdout
-    assert "REGRESSION toy_b (quick): missing from the current results" in done.stdout
+    missing = {(c[1], c[2]) for c in changes(done.stdout) if c[0] == "missing"}
+    assert ("toy_a (quick)", "hits") in missing and ("toy_b (quick)", "counted") in missing
 
 
 def test_user_errors_are_one_line(toy_cli):
@@ -426,7 +438,7 @@ def test_check_matches_rows_by_their_settings(toy_cli):
     board["rows"][0]["label"] = "toy_a [input_size=6]"
     (toy_cli.cwd / "base.json").write_text(json.dumps(board))
     done = toy_cli("check", "--dataset", "colours", "--baseline", "base.json")
-    assert done.returncode == 1 and "REGRESSION toy_a [input_size=6] (quick): missing from the current results" in done.stdout
+    assert done.returncode == 1 and ["missing", "toy_a [input_size=6] (quick)"] in [c[:2] for c in changes(done.stdout)]
 
 
 def test_a_plugin_that_raises_in_training_fails_alone(toy_cli):

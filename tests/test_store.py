@@ -6,16 +6,15 @@ import pytest
 import torch
 
 from protobench import checkpoint, leaderboard
-from protobench.check import regressions
 from protobench.contract import Explanation, MetricSpec, ModelSpec, PrototypeModel
 from protobench.plots import plotted_columns
 from protobench.plugins import Registry
 from protobench.store import RecordKey, ResultStore, StoreError
 
 
-def _put(store, model, metric, seed, value, higher=True, reason=None):
+def _put(store, model, metric, seed, value, higher=True, reason=None, interval=None):
     store.put(RecordKey("ds", "quick", model, "run0", seed, metric), {
-        "value": value, "detail": {}, "higher_is_better": higher, "not_applicable": reason,
+        "value": value, "detail": {}, "higher_is_better": higher, "not_applicable": reason, "interval": interval,
         "model_info": {"backbone": "b", "parameters": 2_000_000, "prototypes": 0},
     })
 
@@ -39,11 +38,39 @@ def test_leaderboard_means_over_seeds_and_marks_not_applicable(tmp_path):
     _put(store, "m", "consistency", 0, None, reason="the model has no prototypes")
     data = leaderboard.table(store, "ds")
     (row,) = data["rows"]
-    assert row["metrics"]["accuracy"]["value"] == pytest.approx(0.7)
-    assert row["metrics"]["accuracy"]["std"] == pytest.approx(0.1414, abs=1e-4)
+    accuracy = row["metrics"]["accuracy"]
+    assert accuracy["value"] == pytest.approx(0.7)
+    # two seeds: sd = 0.1414, t(0.975, 1 df) = 12.706, half-width = 12.706 * 0.1414 / sqrt(2) = 1.2706
+    assert accuracy["interval"] == pytest.approx([0.7 - 1.2706, 0.7 + 1.2706], abs=1e-4)
+    assert accuracy["interval_kind"] == "seeds" and accuracy["per_seed"] == {"0": 0.8, "1": 0.6}
     assert row["metrics"]["consistency"]["value"] is None
     md = leaderboard.markdown(data)
-    assert "0.700 ± 0.141" in md and "| n/a" in md and "2.00" in md
+    assert "0.700 ± 1.271" in md and "| n/a" in md and "2.00" in md and "| 0,1 " in md
+
+
+def test_one_seed_shows_the_records_bootstrap_interval(tmp_path):
+    store = ResultStore(tmp_path)
+    _put(store, "m", "accuracy", 3, 0.8, interval=[0.75, 0.86])
+    _put(store, "m", "faith", 3, 0.5)
+    data = leaderboard.table(store, "ds")
+    metrics = data["rows"][0]["metrics"]
+    assert metrics["accuracy"]["interval"] == [0.75, 0.86] and metrics["accuracy"]["interval_kind"] == "bootstrap"
+    assert "interval" not in metrics["faith"]
+    md = leaderboard.markdown(data)
+    assert "0.800 ± 0.055" in md and "| 0.500 " in md
+
+
+def test_feature_space_certificates_are_marked(tmp_path):
+    store = ResultStore(tmp_path)
+    _put(store, "m", "certified_accuracy", 0, 0.675, interval=[0.6, 0.75])
+    record = store.get(RecordKey("ds", "quick", "m", "run0", 0, "certified_accuracy"))
+    store.put(RecordKey("ds", "quick", "m", "run0", 0, "certified_accuracy"),
+              {**record, "detail": {"space": "feature", "norm": "l2"}})
+    _put(store, "pixels", "certified_accuracy", 0, 0.5, interval=[0.4, 0.6])
+    data = leaderboard.table(store, "ds")
+    md = leaderboard.markdown(data)
+    assert "0.675 ± 0.075 (feature space)" in md and "0.500 ± 0.100 " in md and "0.100 (feature" not in md
+    assert "feature-space certified accuracy, not an input-space guarantee" in md
 
 
 def test_leaderboard_groups_metrics_into_sections_in_registration_order(tmp_path):
@@ -60,19 +87,6 @@ def test_leaderboard_groups_metrics_into_sections_in_registration_order(tmp_path
     sections = [line for line in md.splitlines() if line.startswith("## ")]
     assert sections == ["## models", "## faithfulness", "## robustness", "## other", "## metrics"]
     assert "- **accuracy, faith, zz_robust, aa_robust** (higher is better): same paper" in md
-
-
-def test_check_directions_and_tolerance():
-    def table(value, higher=True, model="m"):
-        return {"rows": [{"model": model, "profile": "quick",
-                          "metrics": {"x": {"value": value, "higher_is_better": higher}}}]}
-
-    assert regressions(table(0.80), table(0.79), tolerance=0.02) == []
-    assert regressions(table(0.80), table(0.70), tolerance=0.02) != []
-    assert regressions(table(0.10, higher=False), table(0.20, higher=False), tolerance=0.02) != []
-    assert regressions(table(0.10, higher=False), table(0.00, higher=False), tolerance=0.02) == []
-    assert regressions(table(None), table(None), tolerance=0.0) == []
-    assert "missing" in regressions(table(0.5), table(0.5, model="other"), tolerance=0.1)[0]
 
 
 class _Tiny(PrototypeModel):

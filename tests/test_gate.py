@@ -1,0 +1,73 @@
+"""The CI gate on real training: another seed (another training trajectory, as on another machine) passes,
+a planted regression fails (issue 12, part 2). Slow: two small trainings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from protobench import harness, leaderboard
+from protobench.check import REGRESSED, compare, failures, load_tolerances
+from protobench.contract import Explanation, PrototypeModel
+from protobench.data.transforms import eval_transform
+from protobench.plugins import discover
+
+ROOT = Path(__file__).resolve().parents[1]
+QUIET = lambda it, desc="", total=None: it
+METRICS = ["accuracy", "fgsm_eps4", "pgd_eps4"]
+#: 4 synthbirds classes at 32 px, the baseline from scratch: about 0.7 accurate, 30 s per seed on 2 cores
+MODEL = {"weights": None, "epochs": 12, "input_size": 32, "lrs": {"features": 1e-3, "head": 1e-3}}
+DATA = {"num_classes": 4, "images_per_class": 150, "resolution": 32}
+
+
+def settings(workdir: Path, seed: int) -> harness.Settings:
+    return harness.Settings(dataset="synthbirds", seed=seed, workdir=workdir, model_overrides=MODEL,
+                            dataset_options=DATA)
+
+
+class SwappedClasses(PrototypeModel):
+    """A planted bug: the logits of classes 0 and 1 trade places."""
+
+    def __init__(self, net: PrototypeModel):
+        super().__init__()
+        self.net, self.num_classes, self.input_size, self.config = net, net.num_classes, net.input_size, net.config
+        self.register_buffer("prototype_classes", net.prototype_classes)
+        self.order = torch.tensor([1, 0, *range(2, net.num_classes)])
+
+    def explain(self, x: torch.Tensor) -> Explanation:
+        out = self.net.explain(x)
+        return Explanation(logits=out.logits[:, self.order], similarities=out.similarities)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)[:, self.order]
+
+
+@pytest.mark.slow
+def test_another_seed_passes_the_gate_and_a_planted_regression_fails(tmp_path):
+    registry = discover({"core", "baseline"})
+    boards = {}
+    for seed in (0, 1):
+        run = settings(tmp_path / f"seed{seed}", seed)
+        assert harness.run(registry, ["baseline"], run, METRICS, QUIET) == []
+        boards[seed] = leaderboard.table(run.store, "synthbirds", registry)
+    tolerances = load_tolerances(ROOT / "leaderboards" / "tolerances.json")
+    values = {s: {m: round(e["value"], 3) for m, e in b["rows"][0]["metrics"].items()} for s, b in boards.items()}
+    assert all("interval" in e for b in boards.values() for e in b["rows"][0]["metrics"].values())
+    changes = compare(boards[0], boards[1], tolerances)
+    assert failures(changes) == [], f"seed 1 against seed 0 {values}: {changes}"
+
+    run = settings(tmp_path / "seed1", 1)
+    net, _ = harness.load_trained(registry, "baseline", run, torch.device("cpu"))
+    dataset = harness.build_split(registry, run, "test", eval_transform(net.input_size[0]))
+    specs = [registry.metric(m) for m in METRICS]
+    costly = harness.costly_subset(dataset, run.costly_limit)
+    planted = json.loads(json.dumps(boards[1]))
+    for spec, result, _ in harness._shared_pass(SwappedClasses(net).eval(), "baseline", dataset, specs, run,
+                                                torch.device("cpu"), 0, 1, costly, QUIET):
+        entry = planted["rows"][0]["metrics"][spec.name]
+        entry.update(value=result.value, interval=list(result.interval))
+    changes = compare(boards[0], planted, tolerances)
+    assert ("accuracy", REGRESSED) in {(c.metric, c.kind) for c in changes}, (values, planted)
