@@ -9,6 +9,7 @@ pickled ``.pth``/``.pt`` state dict read with ``torch.load(weights_only=True)``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
@@ -123,3 +124,17 @@ def _load_weights(model: nn.Module, name: str, path: Path, head_keys: set[str]) 
             f"missing keys {sorted(result.missing_keys)[:8]} ({len(result.missing_keys)}), "
             f"unexpected keys {unexpected[:8]} ({len(unexpected)})"
         )
+
+
+def configure(model: nn.Module, config: dict[str, Any]) -> None:
+    """Set what every family's model takes alike from its config: ``config`` (a copy), ``num_classes``, a
+    square ``input_size`` and the :class:`ImageNetNormalize` layer its ``[0, 1]`` inputs go through."""
+    model.config = dict(config)
+    model.num_classes = int(config["num_classes"])
+    model.input_size = (int(config["input_size"]),) * 2
+    model.normalize = ImageNetNormalize()
+
+
+def configured_backbone(config: dict[str, Any]) -> tuple[nn.Module, int]:
+    """:func:`build_backbone` from a model config's ``backbone``, ``weights`` and ``output_stride``."""
+    return build_backbone(config["backbone"], config.get("weights"), output_stride=config.get("output_stride"))

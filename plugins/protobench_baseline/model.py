@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from protobench.backbones import ImageNetNormalize, PooledHead, build_backbone, feature_scale
+from protobench.backbones import PooledHead, configure, configured_backbone, feature_scale
 from protobench.contract import Explanation, Progress, PrototypeModel, TrainData
 from protobench.training import ParamGroup, Phase, StepSchedule, cross_entropy_objective, run_recipe
 
@@ -25,12 +25,8 @@ class Baseline(PrototypeModel):
 
     def __init__(self, config: dict[str, Any]):
         super().__init__()
-        self.config = dict(config)
-        self.num_classes = int(config["num_classes"])
-        self.input_size = (int(config["input_size"]),) * 2
-        self.normalize = ImageNetNormalize()
-        self.features, channels = build_backbone(config["backbone"], config.get("weights"),
-                                                 output_stride=config.get("output_stride"))
+        configure(self, config)
+        self.features, channels = configured_backbone(config)
         self.head = PooledHead(channels, self.num_classes, feature_scale(self.features))
         self.register_buffer("prototype_classes", torch.zeros(0, dtype=torch.long))
 

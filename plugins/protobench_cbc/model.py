@@ -45,7 +45,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from protobench.backbones import ImageNetNormalize, build_backbone, feature_scale
+from protobench.backbones import configure, configured_backbone, feature_scale
 from protobench.contract import Explanation, PrototypeModel
 
 from .reasoning import ReasoningHead, robust_radius, squared_radius
@@ -62,12 +62,8 @@ class _CBCBase(PrototypeModel):
 
     def __init__(self, config: dict[str, Any], num_components: int | None):
         super().__init__()
-        self.config = dict(config)
-        self.num_classes = int(config["num_classes"])
-        self.input_size = (int(config["input_size"]),) * 2
-        self.normalize = ImageNetNormalize()
-        self.features, channels = build_backbone(config["backbone"], config.get("weights"),
-                                                 output_stride=config.get("output_stride"))
+        configure(self, config)
+        self.features, channels = configured_backbone(config)
         self.scale = feature_scale(self.features)
         self.channels = channels
         k = channels if num_components is None else num_components

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from protobench.backbones import ImageNetNormalize, build_backbone
+from protobench.backbones import configure, configured_backbone
 from protobench.contract import Explanation, PrototypeModel
 
 #: The official code's epsilon in the log similarity.
@@ -87,14 +87,10 @@ class ProtoPNet(PrototypeModel):
 
     def __init__(self, config: dict[str, Any]):
         super().__init__()
-        self.config = dict(config)
-        self.num_classes = int(config["num_classes"])
-        self.input_size = (int(config["input_size"]),) * 2
+        configure(self, config)
         depth = int(config["prototype_dim"])
         num_prototypes = self.num_classes * int(config["prototypes_per_class"])
-        self.normalize = ImageNetNormalize()
-        self.features, channels = build_backbone(config["backbone"], config.get("weights"),
-                                                 output_stride=config.get("output_stride"))
+        self.features, channels = configured_backbone(config)
         self.add_on_layers = add_on_layers(channels, depth, config["add_on_layers"])
         self.prototype_vectors = nn.Parameter(torch.rand(num_prototypes, depth, 1, 1))
         self.register_buffer("prototype_classes",

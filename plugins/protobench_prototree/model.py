@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from protobench.backbones import ImageNetNormalize, build_backbone
+from protobench.backbones import configure, configured_backbone
 from protobench.contract import Explanation, PrototypeModel
 
 from . import tree
@@ -96,20 +96,16 @@ class ProtoTree(PrototypeModel):
 
     def __init__(self, config: dict[str, Any]):
         super().__init__()
-        self.config = dict(config)
+        configure(self, config)
         if config["inference"] not in MODES:
             raise ValueError(f"unknown inference {config['inference']!r}: use one of {MODES}")
         if config["leaf_optimisation"] not in LEAF_OPTIMISATION:
             raise ValueError(f"unknown leaf_optimisation {config['leaf_optimisation']!r}: use one of {LEAF_OPTIMISATION}")
-        self.num_classes = int(config["num_classes"])
-        self.input_size = (int(config["input_size"]),) * 2
         self.depth = int(config["depth"])
         self.log_probabilities = bool(config["log_probabilities"])
         self.kontschieder = bool(config["kontschieder_normalization"])
         internal, features = tree.num_internal(self.depth), int(config["num_features"])
-        self.normalize = ImageNetNormalize()
-        self.features, channels = build_backbone(config["backbone"], config.get("weights"),
-                                                 output_stride=config.get("output_stride"))
+        self.features, channels = configured_backbone(config)
         self.add_on_layers = nn.Sequential(nn.Conv2d(channels, features, 1, bias=False), nn.Sigmoid())
         nn.init.xavier_normal_(self.add_on_layers[0].weight, gain=nn.init.calculate_gain("sigmoid"))
         self.prototype_vectors = nn.Parameter(torch.normal(0.5, 0.1, (internal, features, 1, 1)))

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from protobench.backbones import ImageNetNormalize
+from protobench.backbones import configure
 from protobench.contract import Explanation, PrototypeModel
 
 from .backbone import build_vit, grid_size, latent_grid
@@ -124,14 +124,11 @@ class ProtoViT(PrototypeModel):
 
     def __init__(self, config: dict[str, Any]):
         super().__init__()
-        self.config = dict(config)
-        self.num_classes = int(config["num_classes"])
-        self.input_size = (int(config["input_size"]),) * 2
+        configure(self, config)
         self.radius = int(config["radius"])
         self.temperature = float(config["slot_temperature"])
         k, per_class = int(config["sub_prototypes"]), int(config["prototypes_per_class"])
         num_prototypes = self.num_classes * per_class
-        self.normalize = ImageNetNormalize()
         self.features = build_vit(config["backbone"], config.get("weights"), float(config["drop_path"]))
         self.grid = grid_size(self.features)
         dim = int(self.features.embed_dim)

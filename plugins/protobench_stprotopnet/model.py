@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from protobench_protopnet.model import kaiming_sequential
 from torch import Tensor, nn
 
-from protobench.backbones import ImageNetNormalize, build_backbone
+from protobench.backbones import configure, configured_backbone
 from protobench.contract import Explanation, PrototypeModel
 
 BRANCHES = ("trivial", "support")
@@ -91,17 +91,13 @@ class STProtoPNet(PrototypeModel):
 
     def __init__(self, config: dict[str, Any]):
         super().__init__()
-        self.config = dict(config)
+        configure(self, config)
         self.variant = str(config["variant"])
         if self.variant not in VARIANTS:
             raise ValueError(f"unknown ST-ProtoPNet variant {self.variant!r}: use one of {VARIANTS}")
-        self.num_classes = int(config["num_classes"])
-        self.input_size = (int(config["input_size"]),) * 2
         per_class, depth = int(config["prototypes_per_class"]), int(config["prototype_dim"])
         per_branch = self.num_classes * per_class
-        self.normalize = ImageNetNormalize()
-        self.features, channels = build_backbone(config["backbone"], config.get("weights"),
-                                                 output_stride=config.get("output_stride"))
+        self.features, channels = configured_backbone(config)
         if is_vgg(config["backbone"]):
             drop_final_maxpool(self.features)
         upsample = not is_vgg(config["backbone"])
