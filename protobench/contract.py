@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -77,6 +78,8 @@ class TrainData:
 
     ``train`` is augmented; ``push`` is the same training images without augmentation (for
     prototype projection); ``test`` is held out. ``device`` is where the model lives.
+    ``resume_dir``, set by the harness, is where the shared trainer keeps its resumable state
+    (:mod:`protobench.resume`); None: no resumable state.
     """
 
     train: torch.utils.data.Dataset
@@ -85,6 +88,7 @@ class TrainData:
     num_classes: int
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     num_workers: int = 0
+    resume_dir: Path | None = None
 
 
 @dataclass(frozen=True)

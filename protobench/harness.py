@@ -22,7 +22,7 @@ import torch
 import torchmetrics
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from protobench import __version__, checkpoint
+from protobench import __version__, checkpoint, resume
 from protobench.conformance import ContractError, problems
 from protobench.contract import EvalContext, Explanation, MetricResult, MetricSpec, PrototypeModel, TrainData
 from protobench.data.transforms import eval_transform, train_transform
@@ -72,8 +72,9 @@ class Settings:
     def store(self) -> ResultStore:
         return ResultStore(Path(self.workdir) / "results")
 
-    def checkpoint_dir(self, identity: RunIdentity) -> Path:
-        return (Path(self.workdir) / "checkpoints" / self.dataset / self.profile / identity.model
+    def checkpoint_dir(self, identity: RunIdentity, kind: str = "checkpoints") -> Path:
+        """Where the trained model lives (``kind="resume"``: its training's resumable state, until it ends)."""
+        return (Path(self.workdir) / kind / self.dataset / self.profile / identity.model
                 / identity.checkpoint_hash / f"seed{self.seed}")
 
     def record_key(self, identity: RunIdentity, metric: str) -> RecordKey:
@@ -172,6 +173,8 @@ def train(registry: Registry, model: str, settings: Settings, progress: Any = de
         device=device,
         num_workers=settings.num_workers,
     )
+    directory = settings.checkpoint_dir(run_identity)
+    data.resume_dir = settings.checkpoint_dir(run_identity, "resume")
     net = spec.build(config).to(device)
     found = problems(net, probe.num_classes)
     if found:
@@ -183,10 +186,10 @@ def train(registry: Registry, model: str, settings: Settings, progress: Any = de
     except NonFiniteLossError as exc:
         raise NonFiniteLossError(f"model {model!r} diverged, no checkpoint written: {exc}") from exc
     seconds = time.perf_counter() - start
-    directory = settings.checkpoint_dir(run_identity)
     info = {"train_seconds": round(seconds, 1), "device": str(device), "seed": settings.seed,
             "identity": run_identity.training(), "settings": dict(run_identity.changed)}
     checkpoint.save(net, model, directory, info)
+    resume.clear(data.resume_dir)
     return directory
 
 

@@ -21,6 +21,7 @@ the model is back in the default layout afterwards.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from protobench import resume
 from protobench.contract import Progress, TrainData
 
 #: ``objective(model, batch) -> (logits, {term name: scalar tensor})``
@@ -152,7 +154,8 @@ def run_recipe(
 
     ``seed`` seeds the shuffling of the training split (default: ``torch.initial_seed()``, i.e.
     the run's seed). ``requires_grad`` flags are restored afterwards and the model is left in
-    eval mode.
+    eval mode. With ``data.resume_dir``, the state after every epoch and step is saved there and a re-run
+    of the same recipe goes on from the last one (:mod:`protobench.resume`).
     """
     generator = torch.Generator().manual_seed(torch.initial_seed() if seed is None else seed)
     loader = DataLoader(
@@ -165,17 +168,29 @@ def run_recipe(
         persistent_workers=data.num_workers > 0,
     )
     flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    signature = [[type(p).__name__, p.name, getattr(p, "epochs", 0)] for p in phases]
+    saved = resume.load_state(data.resume_dir, signature, model, generator)
+    at_phase, at_epoch = (saved["phase"], saved["epoch"]) if saved else (0, 0)
+    history = [EpochLog(**entry) for entry in saved["history"]] if saved else []
     model.to(memory_format=torch.channels_last)
     optimizers: dict[str, _SharedOptimizer] = {}
-    history: list[EpochLog] = []
+
+    def boundary(phase: int, epoch: int) -> None:
+        if data.resume_dir is not None:
+            resume.save_state(data.resume_dir, model, {k: (s.optimizer, s.epochs_run) for k, s in optimizers.items()},
+                              generator, {"signature": signature, "phase": phase, "epoch": epoch,
+                                          "history": [dataclasses.asdict(h) for h in history]})
+
     try:
-        for phase in phases:
+        for i, phase in enumerate(phases[at_phase:], start=at_phase):
             if isinstance(phase, Step):
                 phase.run(model, data, progress)
-            else:
-                shared = _optimizer_for(model, phase, optimizers)
-                for epoch in range(phase.epochs):
-                    history.append(_train_epoch(model, phase, shared, loader, data.device, epoch, progress))
+                boundary(i + 1, 0)
+                continue
+            shared = _optimizer_for(model, phase, optimizers, saved["optimizers"] if saved else {})
+            for epoch in range(at_epoch if i == at_phase else 0, phase.epochs):
+                history.append(_train_epoch(model, phase, shared, loader, data.device, epoch, progress))
+                boundary(*((i, epoch + 1) if epoch + 1 < phase.epochs else (i + 1, 0)))
     finally:
         for name, p in model.named_parameters():
             p.requires_grad_(flags[name])
@@ -184,7 +199,8 @@ def run_recipe(
     return history
 
 
-def _optimizer_for(model: nn.Module, phase: Phase, optimizers: dict[str, _SharedOptimizer]) -> _SharedOptimizer:
+def _optimizer_for(model: nn.Module, phase: Phase, optimizers: dict[str, _SharedOptimizer],
+                   saved: dict[str, Any]) -> _SharedOptimizer:
     params = select_parameters(model, phase.groups)
     trainable = {id(p) for group in params for p in group}
     for p in model.parameters():
@@ -193,6 +209,8 @@ def _optimizer_for(model: nn.Module, phase: Phase, optimizers: dict[str, _Shared
     if key not in optimizers:
         specs = [{"params": ps, "lr": g.lr, "weight_decay": g.weight_decay} for g, ps in zip(phase.groups, params)]
         optimizers[key] = _SharedOptimizer(torch.optim.Adam(specs), phase.groups)
+        if key in saved:  # resuming: the optimiser's moments and schedule position as they were
+            optimizers[key].epochs_run = resume.restore_optimizer(optimizers[key].optimizer, saved[key])
     elif optimizers[key].groups != phase.groups:
         raise ValueError(f"phase {phase.name!r} shares optimizer {key!r} but names different parameter groups")
     return optimizers[key]
