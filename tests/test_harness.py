@@ -460,3 +460,16 @@ def test_a_model_that_breaks_the_contract_is_stopped_before_training(toy_cli):
     assert "train toy_a" not in toy_cli.log.read_text() and "train toy_b" in toy_cli.log.read_text()
     done = toy_cli("train", "--dataset", "colours", "--model", "toy_a", extra_env={"TOY_FAIL": "toy_a:logits"})
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+
+
+def test_run_with_seeds_trains_each_seed_and_every_cell_has_an_interval(toy_cli):
+    done = toy_cli("run", "--dataset", "colours", "--models", "toy_a", "--seeds", "0,1")
+    assert done.returncode == 0, done.stderr
+    assert {p.name for p in (toy_cli.cwd / ".protobench/checkpoints").glob("**/seed*")} == {"seed0", "seed1"}
+    board = json.loads((toy_cli.cwd / "leaderboards/colours.json").read_text())
+    entries = [e for row in board["rows"] for e in row["metrics"].values() if e["value"] is not None]
+    assert entries and all(e["interval_kind"] == "seeds" and set(e["per_seed"]) == {"0", "1"} for e in entries)
+    markdown = (toy_cli.cwd / "leaderboards/colours.md").read_text()
+    assert " ± " in markdown and "| 0,1 " in markdown
+    done = toy_cli("run", "--dataset", "colours", "--models", "toy_a", "--seeds", "0,x")
+    assert done.returncode == 2 and "--seeds '0,x': expected comma-separated integers" in done.stderr
