@@ -44,7 +44,7 @@ def read_state_dict(path: str | Path, what: str = "weights file") -> dict[str, T
     except pickle.UnpicklingError as exc:  # anything beyond tensors and containers: a model object, or worse
         raise StateFileError(
             f"{what} {path} holds pickled Python objects, not only tensors (a whole model saved with "
-            "torch.save(model), as the official ProtoPNet and ProtoTree code does), and protobench never unpickles "
+            "torch.save(model), as the official ProtoPNet, ProtoTree and ProtoViT code does), and protobench never unpickles "
             "them (weights_only=True); where you trust the file, export its state dict with "
             f"torch.save(torch.load('{path}', weights_only=False).state_dict(), 'state_dict.pth')") from exc
     except (RuntimeError, OSError, EOFError, ValueError) as exc:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from protobench import hookimpl
 from protobench.contract import ModelSpec
 
+from . import official
 from .losses import COEFFICIENTS
 from .model import ProtoViT
 from .recipe import train
@@ -76,6 +77,7 @@ SPEC = ModelSpec(
     paper="Ma, Donnelly, Liu, Vosoughi, Rudin, Chen. Interpretable Image Classification with Adaptive "
           "Prototype-based Vision Transformers. NeurIPS 2024. Code: github.com/Henrymachiyu/ProtoViT",
     profiles={"quick": QUICK, "paper": PAPER},
+    from_official=official.convert,
 )
 
 
