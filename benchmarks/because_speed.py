@@ -15,9 +15,9 @@ from collections.abc import Callable
 
 import torch
 
-from protobench.contract import EvalContext
+from protobench.api.contract import EvalContext
+from protobench.api.plugins import discover
 from protobench.metrics.because import BECAUSE
-from protobench.plugins import discover
 
 
 def best_time(run: Callable[[], object], repeats: int, device: torch.device) -> float:

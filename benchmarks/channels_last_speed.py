@@ -1,6 +1,6 @@
 """Training-step time of the quick families with the default memory layout and channels-last, side by side.
 
-The shared trainer (:mod:`protobench.training`) trains channels-last. This prints, per family, the best of
+The shared trainer (:mod:`protobench.runner.training`) trains channels-last. This prints, per family, the best of
 ``--repeats`` timings of ``--steps`` Adam steps on the family's full objective (untrained model, random
 [0, 1] images of the quick input size, batch 32) in both layouts, and their ratio. Run: ``python
 benchmarks/channels_last_speed.py [--threads T] [--steps N] [--repeats R] [--batch B] [--smoke]``.
@@ -14,7 +14,7 @@ import importlib
 import torch
 from timing import best_time
 
-from protobench.plugins import registry
+from protobench.api.plugins import registry
 
 #: family -> its objective (module, function), the one its recipe trains every stage with
 OBJECTIVES = {

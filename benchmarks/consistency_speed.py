@@ -26,11 +26,11 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from protobench import harness
-from protobench.contract import Explanation, PrototypeModel
+from protobench.api.contract import Explanation, PrototypeModel
 from protobench.metrics.accuracy import ACCURACY
 from protobench.metrics.consistency import CONSISTENCY
 from protobench.metrics.stability import STABILITY
+from protobench.runner import harness
 
 SIZE = 64
 CLASSES = 24
@@ -93,7 +93,7 @@ def build(smoke: bool = False) -> tuple[PrototypeModel, Dataset, str]:
         data = build_synthbirds(None, "test", None)
         data_name = "synthbirds (test split)"
     try:
-        from protobench.plugins import discover
+        from protobench.api.plugins import discover
 
         spec = discover({"protopnet"}).model("protopnet")
         model: PrototypeModel = spec.build(spec.config("quick", num_classes=data.num_classes, weights=None))

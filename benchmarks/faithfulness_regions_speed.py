@@ -19,11 +19,11 @@ import torch
 from timing import forward_time, metric_time
 from torch.utils.data import DataLoader, Subset
 
-from protobench.attribution import IG_STEPS
+from protobench.api.plugins import discover
 from protobench.data.synthbirds import build_synthbirds
+from protobench.explain.attribution import IG_STEPS
 from protobench.metrics.object_relevance import OBJECT_RELEVANCE
 from protobench.metrics.region_deletion import REGION_DELETION, TOP_K
-from protobench.plugins import discover
 
 CLASSES = 24
 TEST_FRACTION = 0.3  # synthbirds' default share of test images per class

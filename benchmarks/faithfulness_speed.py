@@ -24,7 +24,7 @@ import time
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from protobench.contract import EvalContext, PrototypeModel
+from protobench.api.contract import EvalContext, PrototypeModel
 from protobench.data.synthbirds import build_synthbirds
 from protobench.metrics.funnybirds import FUNNYBIRDS_METRICS
 from protobench.metrics.funnybirds_pass import FORWARD_BATCH, OPTION_KEY
@@ -34,7 +34,7 @@ BATCH = 32  # the harness's default test batch size
 
 def build(name: str, images: int, device: torch.device) -> tuple[PrototypeModel, object, Subset]:
     """The untrained model, the synthbirds test split and its evenly spaced subset of ``images`` images."""
-    from protobench.plugins import discover
+    from protobench.api.plugins import discover
 
     data = build_synthbirds(None, "test", None, workers=1)
     spec = discover({name}).model(name)

@@ -5,7 +5,7 @@ The workload of consistency and stability on CUB (Huang et al., ICCV 2023): 7x7 
 ProtoPNet-like log similarities ``log((d + 1) / (d + 1e-4))`` of squared distances ``d`` that grow away from
 a random centre, with texture, plus a fifth of flat random maps; the noisy maps perturb every distance.
 
-Compared, one thread each, on the same maps: (1) :func:`protobench.regions.regions` (bounded search);
+Compared, one thread each, on the same maps: (1) :func:`protobench.explain.regions.regions` (bounded search);
 (2) the loop of github hqhQAQ/EvalProtoPNet ``util/eval_interpretability.py``
 (``get_corresponding_object_parts``): per (image, prototype) ``cv2.resize(..., interpolation=cv2.INTER_CUBIC)``,
 the first hit of ``np.where(map == map.max())`` and the box ``centre -+ 36`` clipped to ``[0, 224]``; and for
@@ -28,7 +28,7 @@ import torch
 from timing import best_time
 from torch import Tensor
 
-from protobench.regions import _CHUNK_PIXELS, cubic_weights, half_size, regions, upsample
+from protobench.explain.regions import _CHUNK_PIXELS, cubic_weights, half_size, regions, upsample
 
 #: Float32 ulps within which OpenCV's maximum may tie where protobench's peak differs from its first hit.
 TIE_ULPS = 4

@@ -29,7 +29,7 @@ from timing import forward_time, metric_time
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from protobench.contract import Explanation, MetricSpec, PrototypeModel
+from protobench.api.contract import Explanation, MetricSpec, PrototypeModel
 from protobench.data.synthbirds import build_synthbirds
 from protobench.metrics.adversarial import ADVERSARIAL_METRICS, PGD_STEPS
 from protobench.metrics.certified import CERTIFIED_ACCURACY
@@ -71,7 +71,7 @@ def build(images: int) -> tuple[PrototypeModel, Dataset, str]:
     per_class = math.ceil(images / CLASSES / TEST_FRACTION) + 1  # enough test images, no more to render
     data = build_synthbirds(None, "test", None, images_per_class=per_class, workers=1)
     try:
-        from protobench.plugins import discover
+        from protobench.api.plugins import discover
 
         spec = discover({"protopnet"}).model("protopnet")
         model: PrototypeModel = spec.build(spec.config("quick", num_classes=data.num_classes, weights=None))
@@ -98,7 +98,7 @@ def passes(spec: MetricSpec) -> tuple[str, float | None]:
     if name == "certified_accuracy":
         return "the model's certified_margin", None
     if name == "corruption_accuracy":
-        from protobench.corruptions import CORRUPTIONS, SEVERITIES
+        from protobench.metrics.corruptions import CORRUPTIONS, SEVERITIES
 
         n = len(CORRUPTIONS) * len(SEVERITIES)
         return f"{len(CORRUPTIONS)} corruptions x {len(SEVERITIES)} severities: {n} fwd (+ corrupting)", float(n)

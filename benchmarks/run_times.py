@@ -17,8 +17,8 @@ import json
 import tempfile
 from pathlib import Path
 
-from protobench import harness, runs
-from protobench.plugins import registry
+from protobench.api.plugins import registry
+from protobench.runner import harness, runs
 
 #: The quick profile's budget per model, seconds (issue 18, part 5).
 TRAIN_BUDGET_S, EVAL_BUDGET_S = 240, 60

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from protobench.contract import EvalContext, MetricSpec, PrototypeModel
+from protobench.api.contract import EvalContext, MetricSpec, PrototypeModel
 
 
 def best_time(run: Callable[[], object], repeats: int) -> tuple[float, object]:

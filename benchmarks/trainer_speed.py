@@ -5,7 +5,7 @@ and a pooled linear head, untrained, without the stand-in weights) for one epoch
 synthbirds training images held in memory, with the same batch size, memory layout (channels-last, as the
 trainer uses) and shuffling seed:
 
-* trainer: :func:`protobench.training.run_recipe` with one :class:`~protobench.training.Phase`
+* trainer: :func:`protobench.runner.training.run_recipe` with one :class:`~protobench.runner.training.Phase`
   (cross-entropy), reading item dicts from a dataset through its DataLoader, as a family's recipe does;
 * plain: ``for idx in randperm(N).split(batch): loss = CE(model(x[idx]), y[idx]); backward; step``.
 
@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from protobench.contract import TrainData
-from protobench.plugins import registry
-from protobench.training import ParamGroup, Phase, cross_entropy_objective, run_recipe
+from protobench.api.contract import TrainData
+from protobench.api.plugins import registry
+from protobench.runner.training import ParamGroup, Phase, cross_entropy_objective, run_recipe
 
 QUIET = lambda it, desc="", total=None: it
 

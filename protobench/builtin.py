@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from protobench import hookimpl
-from protobench.contract import DatasetSpec, MetricSpec
+from protobench.api.contract import DatasetSpec, MetricSpec
 from protobench.data.cub import build_cub
 from protobench.data.imagefolder import build_imagefolder
 from protobench.data.synthbirds import PAPER_OPTIONS, QUICK_OPTIONS, build_synthbirds

@@ -12,15 +12,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from protobench import checkpoint, harness, leaderboard, looks_like, runs
-from protobench.check import KINDS, compare, failures, load_tolerances, report
+from protobench.api.plugins import PluginError, Registry, registry
 from protobench.data.transforms import eval_transform
-from protobench.devices import resolve_device
-from protobench.gallery import contact_sheet
-from protobench.harness import Settings
-from protobench.plugins import PluginError, Registry, registry
-from protobench.store import StoreError
-from protobench.training import NonFiniteLossError
+from protobench.report import leaderboard, looks_like
+from protobench.report.check import KINDS, compare, failures, load_tolerances, report
+from protobench.report.gallery import contact_sheet, model_gallery
+from protobench.runner import checkpoint, harness, runs
+from protobench.runner.devices import resolve_device
+from protobench.runner.harness import Settings
+from protobench.runner.store import StoreError
+from protobench.runner.training import NonFiniteLossError
 
 #: Errors that are the user's input, not a bug: printed as one line, exit status 2.
 USER_ERRORS = (PluginError, StoreError, checkpoint.CheckpointError, harness.ModelOutputError,
@@ -182,7 +183,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_gallery(args: argparse.Namespace) -> int:
     prototypes = [int(p) for p in args.prototypes.split(",")] if args.prototypes else None
     out = Path(args.gallery_dir or Path("galleries") / args.dataset / args.model)
-    paths = harness.gallery(_registry(), args.model, _settings(args), out, args.top_k, prototypes)
+    paths = model_gallery(_registry(), args.model, _settings(args), out, args.top_k, prototypes)
     print(f"{len(paths)} prototype pictures in {out}")
     if args.sheet and paths:
         print(f"the first {min(len(paths), 10)} on one page: {contact_sheet(paths[:10], args.sheet)}")

@@ -23,12 +23,12 @@ from typing import Any
 import pytest
 import torch
 
-from protobench import checkpoint, harness
-from protobench.conformance import problems
-from protobench.contract import MetricResult, TrainData
+from protobench.api.conformance import problems
+from protobench.api.contract import MetricResult, TrainData
+from protobench.api.plugins import Registry
+from protobench.api.plugins import registry as installed
 from protobench.data.transforms import eval_transform, train_transform
-from protobench.plugins import Registry
-from protobench.plugins import registry as installed
+from protobench.runner import checkpoint, harness
 
 #: A few synthbirds images: 3 classes, 2 training and 2 test images each, at 32 px.
 TINY = {"num_classes": 3, "images_per_class": 4, "test_fraction": 0.5, "resolution": 32}
@@ -55,7 +55,7 @@ def check_model(name: str, registry: Registry | None = None, profile: str = "qui
     """Every way model ``name`` breaks the contract on :data:`TINY` synthbirds, one line each (empty: none).
 
     Builds it from ``profile``'s config (backbone weights off), then checks the attributes and ``explain``
-    (:func:`protobench.conformance.problems`), that ``forward`` returns ``explain``'s logits, that eval mode is
+    (:func:`protobench.api.conformance.problems`), that ``forward`` returns ``explain``'s logits, that eval mode is
     deterministic, that the safetensors checkpoint round-trips, that every default metric computes a finite
     value or None, and, if the plugin has a recipe, one step per epoch and phase of it.
     """

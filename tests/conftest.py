@@ -58,7 +58,7 @@ TOY_PLUGIN = textwrap.dedent('''
         if fault(config["name"]) == "train":
             raise RuntimeError("boom in training")
         if fault(config["name"]) == "nan_loss":
-            from protobench.training import ParamGroup, Phase, run_recipe
+            from protobench.runner.training import ParamGroup, Phase, run_recipe
 
             def diverging(model, batch):
                 logits = model(batch["image"])

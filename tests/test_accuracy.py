@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from protobench.contract import Explanation
+from protobench.api.contract import Explanation
 from protobench.metrics.accuracy import Accuracy
 
 

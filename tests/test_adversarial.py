@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from protobench.contract import EvalContext, Explanation, PrototypeModel
+from protobench.api.contract import EvalContext, Explanation, PrototypeModel
 from protobench.metrics.adversarial import (
     ADVERSARIAL_METRICS,
     AUTOATTACK,

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from protobench.attribution import attribution_maps, box_masks, prototype_attribution
-from protobench.contract import Explanation, PrototypeModel
+from protobench.api.contract import Explanation, PrototypeModel
+from protobench.explain.attribution import attribution_maps, box_masks, prototype_attribution
 
 
 class BoxModel(PrototypeModel):

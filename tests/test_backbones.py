@@ -7,14 +7,14 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from protobench.backbones import (
+from protobench.api.state_files import StateFileError, read_state_dict
+from protobench.models.backbones import (
     BackboneClassifier,
     BackboneError,
     ImageNetNormalize,
     build_backbone,
     feature_scale,
 )
-from protobench.state_files import StateFileError, read_state_dict
 
 
 def full_state(name: str, seed: int) -> dict[str, torch.Tensor]:

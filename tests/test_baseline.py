@@ -7,9 +7,9 @@ import json
 import torch
 from protobench_baseline.plugin import SPEC
 
-from protobench import checkpoint
-from protobench.contract import TrainData
-from protobench.plugins import discover
+from protobench.api.contract import TrainData
+from protobench.api.plugins import discover
+from protobench.runner import checkpoint
 
 
 class ColourItems(torch.utils.data.Dataset):

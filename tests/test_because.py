@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from protobench.because import (
+from protobench.api.contract import EvalContext, Explanation, PrototypeModel
+from protobench.explain.because import (
     CHARACTERISTICS,
     describe,
     global_influences,
@@ -20,7 +21,6 @@ from protobench.because import (
     smooth_texture,
     warp_shape,
 )
-from protobench.contract import EvalContext, Explanation, PrototypeModel
 from protobench.metrics.because import BECAUSE
 
 

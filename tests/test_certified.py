@@ -6,11 +6,11 @@ from types import SimpleNamespace
 
 import torch
 
-from protobench import harness
-from protobench.contract import EvalContext, Explanation, PrototypeModel
+from protobench.api.contract import EvalContext, Explanation, PrototypeModel
 from protobench.metrics.adversarial import EPSILONS
 from protobench.metrics.certified import CERTIFIED_ACCURACY
 from protobench.metrics.resampled import percentile_interval, poisson_counts
+from protobench.runner import harness
 
 WEIGHT = torch.tensor([1.0, -0.8])
 BIAS = -0.1

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import torch
 
-from protobench.contract import EvalContext, Explanation, PrototypeModel
+from protobench.api.contract import EvalContext, Explanation, PrototypeModel
 from protobench.metrics.adversarial import EPSILONS
 from protobench.metrics.certified import CERTIFIED_ACCURACY
 from protobench.metrics.resampled import percentile_interval, poisson_counts

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from protobench.check import IMPROVED, MISSING, REGRESSED, UNGATED, compare, failures, load_tolerances
-from protobench.plugins import registry
+from protobench.api.plugins import registry
+from protobench.report.check import IMPROVED, MISSING, REGRESSED, UNGATED, compare, failures, load_tolerances
 
 
 def entry(value, interval=None, higher=True):

@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from protobench import harness
-from protobench.conformance import problems
-from protobench.contract import DatasetSpec, Explanation, ModelSpec, PrototypeModel
-from protobench.plugins import Registry
+from protobench.api.conformance import problems
+from protobench.api.contract import DatasetSpec, Explanation, ModelSpec, PrototypeModel
+from protobench.api.plugins import Registry
+from protobench.runner import harness
 
 
 class Good(PrototypeModel):
@@ -99,7 +99,7 @@ def test_input_size_defaults_to_the_datasets_resolution():
 
 
 def test_every_built_in_model_keeps_the_contract():
-    from protobench.plugins import registry
+    from protobench.api.plugins import registry
 
     reg = registry()
     for name, spec in reg.models.items():

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from protobench import harness
-from protobench.contract import EvalContext, Explanation, PrototypeModel
+from protobench.api.contract import EvalContext, Explanation, PrototypeModel
 from protobench.metrics.consistency import CONSISTENCY
 from protobench.metrics.part_vectors import counted_pairs, part_vectors
 from protobench.metrics.stability import NOISE_CLIP, NORMALISATION_STD, STABILITY, noise
+from protobench.runner import harness
 
 SIZE = 32  # px; the region's half size is round(36 * 32 / 224) = 5
 HALF = 5

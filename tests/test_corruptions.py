@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from protobench.contract import EvalContext, Explanation, PrototypeModel
-from protobench.corruptions import (
+from protobench.api.contract import EvalContext, Explanation, PrototypeModel
+from protobench.metrics.corruption import CORRUPTION_ACCURACY, CorruptionAccuracy
+from protobench.metrics.corruptions import (
     CORRUPTIONS,
     DEFOCUS_BLUR,
     MOTION_BLUR,
@@ -26,7 +27,6 @@ from protobench.corruptions import (
     motion_blur_at,
     reflect101,
 )
-from protobench.metrics.corruption import CORRUPTION_ACCURACY, CorruptionAccuracy
 from protobench.metrics.resampled import percentile_interval, poisson_counts
 
 

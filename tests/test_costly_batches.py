@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from protobench import harness
-from protobench.contract import Explanation, MetricResult, MetricSpec, PrototypeModel
-from protobench.plugins import registry
+from protobench.api.contract import Explanation, MetricResult, MetricSpec, PrototypeModel
+from protobench.api.plugins import registry
+from protobench.runner import harness
 
 QUIET = lambda it, desc="", total=None: it
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from protobench.contract import EvalContext, Explanation, PrototypeModel
+from protobench.api.contract import EvalContext, Explanation, PrototypeModel
+from protobench.explain.regions import half_size
 from protobench.metrics.adversarial import EPSILONS
 from protobench.metrics.explanation_robustness import (
     EXPLANATION_ROBUSTNESS_METRICS,
@@ -21,7 +22,6 @@ from protobench.metrics.explanation_robustness import (
     noisy,
     region_cells,
 )
-from protobench.regions import half_size
 
 SIZE = 16
 PARTS = ["beak", "wing", "tail"]

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from protobench.contract import EvalContext, Explanation, PrototypeModel
+from protobench.api.contract import EvalContext, Explanation, PrototypeModel
 from protobench.data.synthbirds import PART_NAMES, build_synthbirds
 from protobench.data.synthbirds_classes import (
     PALETTE,

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from protobench.contract import Explanation, PrototypeModel
-from protobench.gallery import top_activations, write_gallery
+from protobench.api.contract import Explanation, PrototypeModel
+from protobench.report.gallery import top_activations, write_gallery
 
 
 class PooledRed(PrototypeModel):

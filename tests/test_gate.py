@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from protobench import harness, leaderboard
-from protobench.check import REGRESSED, compare, failures, load_tolerances
-from protobench.contract import Explanation, PrototypeModel
+from protobench.api.contract import Explanation, PrototypeModel
+from protobench.api.plugins import discover
 from protobench.data.transforms import eval_transform
-from protobench.plugins import discover
+from protobench.report import leaderboard
+from protobench.report.check import REGRESSED, compare, failures, load_tolerances
+from protobench.runner import harness
 
 ROOT = Path(__file__).resolve().parents[1]
 QUIET = lambda it, desc="", total=None: it

@@ -14,11 +14,11 @@ import torch
 import torchmetrics
 from torch.utils.data import Dataset
 
-from protobench import harness, runs
-from protobench.contract import DatasetSpec, Explanation, MetricResult, MetricSpec, PrototypeModel
+from protobench.api.contract import DatasetSpec, Explanation, MetricResult, MetricSpec, PrototypeModel
+from protobench.api.overrides import fits
+from protobench.api.plugins import Registry
 from protobench.data.synthbirds import build_synthbirds
-from protobench.overrides import fits
-from protobench.plugins import Registry
+from protobench.runner import harness, runs
 
 RUN = ("run", "--dataset", "colours", "--models", "toy_a,toy_b", "--batch-size", "8")
 

@@ -6,10 +6,11 @@ import hashlib
 
 import pytest
 
-from protobench import __version__, harness
-from protobench.contract import DatasetSpec, ModelSpec
-from protobench.identity import changed_settings, digest, label
-from protobench.plugins import Registry
+from protobench import __version__
+from protobench.api.contract import DatasetSpec, ModelSpec
+from protobench.api.plugins import Registry
+from protobench.runner import harness
+from protobench.runner.identity import changed_settings, digest, label
 
 
 def test_digest_is_sha256_of_canonical_json_and_ignores_key_order_and_tuples():

@@ -6,9 +6,11 @@ import torch
 from protobench_protopnet.model import ProtoPNet
 from protobench_protopnet.plugin import SPEC
 
-from protobench import checkpoint, cli, harness, looks_like
-from protobench.contract import Explanation, PrototypeModel
-from protobench.plugins import registry
+from protobench import cli
+from protobench.api.contract import Explanation, PrototypeModel
+from protobench.api.plugins import registry
+from protobench.report import looks_like
+from protobench.runner import checkpoint, harness
 
 
 class Fixed(PrototypeModel):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from protobench.contract import EvalContext, Explanation, PrototypeModel
+from protobench.api.contract import EvalContext, Explanation, PrototypeModel
 from protobench.metrics.object_relevance import (
     OBJECT_RELEVANCE,
     mass_inside,

@@ -7,10 +7,10 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from protobench import checkpoint, harness
-from protobench.contract import Explanation, ModelSpec, PrototypeModel
-from protobench.plugins import Registry, registry
-from protobench.state_files import StateFileError
+from protobench.api.contract import Explanation, ModelSpec, PrototypeModel
+from protobench.api.plugins import Registry, registry
+from protobench.api.state_files import StateFileError
+from protobench.runner import checkpoint, harness
 
 SMALL = {"num_classes": 3, "images_per_class": 4}
 

@@ -8,8 +8,8 @@ import textwrap
 
 import pytest
 
-from protobench.contract import ModelSpec
-from protobench.plugins import PluginError, discover
+from protobench.api.contract import ModelSpec
+from protobench.api.plugins import PluginError, discover
 
 MODEL_PLUGIN = textwrap.dedent('''
     from protobench import ModelSpec, hookimpl
@@ -86,7 +86,7 @@ def test_unknown_name_error_lists_known_names_and_plugin_errors(plugin_path):
 
 
 def test_protobench_plugins_env_limits_loading(plugin_path, monkeypatch):
-    from protobench import plugins
+    from protobench.api import plugins
 
     plugin_path("a-dist", {"a_plugin": MODEL_PLUGIN.format(name="a")}, {"a": "a_plugin"})
     plugin_path("b-dist", {"b_plugin": MODEL_PLUGIN.format(name="b")}, {"b": "b_plugin"})

@@ -14,10 +14,10 @@ from protobench_protopnet.push import push_prototypes
 from protobench_protopnet.recipe import protopnet_recipe
 from torch import nn
 
-from protobench import checkpoint
-from protobench.contract import TrainData
-from protobench.plugins import discover
-from protobench.training import StepSchedule, run_recipe
+from protobench.api.contract import TrainData
+from protobench.api.plugins import discover
+from protobench.runner import checkpoint
+from protobench.runner.training import StepSchedule, run_recipe
 
 
 def quiet(iterable, desc="", total=None):

@@ -16,10 +16,10 @@ from protobench_prototree.prune import nodes_to_prune, prune_tree
 from protobench_prototree.recipe import MultiStepSchedule, prototree_recipe
 from torch import nn
 
-from protobench import checkpoint
-from protobench.contract import TrainData
-from protobench.plugins import registry
-from protobench.training import run_recipe
+from protobench.api.contract import TrainData
+from protobench.api.plugins import registry
+from protobench.runner import checkpoint
+from protobench.runner.training import run_recipe
 
 
 def quiet(iterable, desc="", total=None):
@@ -275,7 +275,8 @@ def test_logits_stay_finite_when_leaf_probabilities_underflow(mode):
 
 
 def test_cli_explain_prints_and_draws_the_decision_path(tmp_path, capsys):
-    from protobench import cli, harness
+    from protobench import cli
+    from protobench.runner import harness
 
     torch.manual_seed(6)
     model = ProtoTree(tiny_config(num_classes=24, input_size=32)).eval()
@@ -308,9 +309,10 @@ def test_hard_modes_pass_the_soft_gradient_straight_through(mode):
 
 
 def test_gallery_reads_stored_consistency_and_because_records(tmp_path, monkeypatch):
-    """``harness.gallery`` turns the stored records into each prototype's verdict and "because" influences."""
-    from protobench import harness
-    from protobench.because import CHARACTERISTICS
+    """``model_gallery`` turns the stored records into each prototype's verdict and "because" influences."""
+    from protobench.explain.because import CHARACTERISTICS
+    from protobench.report import gallery
+    from protobench.runner import harness
     torch.manual_seed(6)
     model = ProtoTree(tiny_config(num_classes=24, input_size=32)).eval()
     settings = harness.Settings(workdir=tmp_path, device="cpu", dataset_options={"images_per_class": 4})
@@ -324,7 +326,7 @@ def test_gallery_reads_stored_consistency_and_because_records(tmp_path, monkeypa
     settings.store.put(key("consistency"), {"value": 0.0, "detail": {"per_prototype": {
         "consistent": [False] * p, "part": ["wing"] * p, "max_part_frequency": [0.25] * p}}})
     seen = {}
-    monkeypatch.setattr(harness, "write_gallery", lambda *args, **kwargs: seen.update(kwargs) or [])
-    harness.gallery(registry(), "prototree", settings, tmp_path / "gallery", progress=None)
+    monkeypatch.setattr(gallery, "write_gallery", lambda *args, **kwargs: seen.update(kwargs) or [])
+    gallery.model_gallery(registry(), "prototree", settings, tmp_path / "gallery", progress=None)
     assert seen["influences"][2] == {name: 0.1 * (i + 1) + 2 for i, name in enumerate(CHARACTERISTICS)}
     assert seen["verdicts"][1] == "inconsistent: wing in 25% of its class's images"

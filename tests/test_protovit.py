@@ -11,9 +11,9 @@ from protobench_protovit.model import ProtoViT, greedy_match, slot_scores, union
 from protobench_protovit.plugin import SPEC
 from protobench_protovit.push import push_prototypes
 
-from protobench.contract import Explanation, TrainData
+from protobench.api.contract import Explanation, TrainData
+from protobench.explain.regions import prototype_regions, regions
 from protobench.metrics.part_vectors import pair_part_vectors
-from protobench.regions import prototype_regions, regions
 from protobench.testing import check_model
 
 

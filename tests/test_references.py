@@ -11,10 +11,11 @@ from protobench_baseline.model import Baseline
 from protobench_references.part_supervised import keypoint_cells, part_alignment
 from protobench_references.random_explanations import RandomExplanations, image_seeds
 
-from protobench import harness, leaderboard
-from protobench.gallery import contact_sheet
-from protobench.plugins import registry
-from protobench.store import RecordKey, ResultStore
+from protobench.api.plugins import registry
+from protobench.report import leaderboard
+from protobench.report.gallery import contact_sheet
+from protobench.runner import harness
+from protobench.runner.store import RecordKey, ResultStore
 
 
 def quiet(iterable, **_):

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from protobench.contract import EvalContext, Explanation, PrototypeModel
+from protobench.api.contract import EvalContext, Explanation, PrototypeModel
 from protobench.metrics.region_deletion import (
     REGION_DELETION,
     RegionDeletion,

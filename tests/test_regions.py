@@ -1,4 +1,4 @@
-"""protobench.regions: bicubic upsampling as cv2.INTER_CUBIC, the exact search for its first maximum, the box
+"""protobench.explain.regions: bicubic upsampling as cv2.INTER_CUBIC, the exact search for its first maximum, the box
 around it, the override hook."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from protobench import regions as R
-from protobench.contract import Explanation
+from protobench.api.contract import Explanation
+from protobench.explain import regions as R
 
 
 def cv2_cubic_matrix(src: int, dst: int) -> np.ndarray:

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from protobench.contract import Explanation
+from protobench.api.contract import Explanation
 from protobench.metrics.accuracy import Accuracy
 from protobench.metrics.resampled import REPLICATES, percentile_interval, poisson_counts
 

@@ -9,10 +9,17 @@ import pytest
 import torch
 from torch import nn
 
-from protobench import harness, resume
-from protobench.contract import TrainData
-from protobench.plugins import discover
-from protobench.training import ParamGroup, Phase, Step, StepSchedule, cross_entropy_objective, run_recipe
+from protobench.api.contract import TrainData
+from protobench.api.plugins import discover
+from protobench.runner import harness, resume
+from protobench.runner.training import (
+    ParamGroup,
+    Phase,
+    Step,
+    StepSchedule,
+    cross_entropy_objective,
+    run_recipe,
+)
 
 
 class Items(torch.utils.data.Dataset):

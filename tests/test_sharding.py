@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from protobench import checkpoint, harness
-from protobench.plugins import registry
+from protobench.api.plugins import registry
+from protobench.runner import checkpoint, harness
 
 METRICS = ["accuracy", "consistency", "stability", "pgd_eps2", "funnybirds_bi"]
 DATA = {"num_classes": 3, "images_per_class": 10, "resolution": 32, "test_fraction": 0.4}  # 12 test images

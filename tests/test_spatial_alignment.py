@@ -9,8 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from protobench import harness
-from protobench.contract import EvalContext, Explanation, PrototypeModel
+from protobench.api.contract import EvalContext, Explanation, PrototypeModel
 from protobench.metrics.resampled import percentile_interval, poisson_counts
 from protobench.metrics.spatial_alignment import (
     SPATIAL_ALIGNMENT_METRICS,
@@ -20,6 +19,7 @@ from protobench.metrics.spatial_alignment import (
     outside_mask,
     spatial_misalignment,
 )
+from protobench.runner import harness
 
 SIZE = 16
 S = (slice(0, 4), slice(0, 3))  # the top prototype's area before the attack: rows 0-3, columns 0-2

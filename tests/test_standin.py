@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from protobench import checkpoint, standin
-from protobench.backbones import BackboneError, build_backbone
+from protobench.api.plugins import registry
 from protobench.data.synthbirds import SynthBirdsConfig, class_table
-from protobench.plugins import registry
-from protobench.standin import STANDIN, StandinRecipe, resolve_weights, standin_weights
+from protobench.models.backbones import BackboneError, build_backbone
+from protobench.runner import checkpoint, standin
+from protobench.runner.standin import STANDIN, StandinRecipe, resolve_weights, standin_weights
 
 TINY = StandinRecipe(num_classes=3, images_per_class=6, epochs=1, batch_size=8)
 

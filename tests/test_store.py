@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from protobench import checkpoint, leaderboard
-from protobench.contract import Explanation, MetricSpec, ModelSpec, PrototypeModel
-from protobench.plots import plotted_columns
-from protobench.plugins import Registry
-from protobench.store import RecordKey, ResultStore, StoreError
+from protobench.api.contract import Explanation, MetricSpec, ModelSpec, PrototypeModel
+from protobench.api.plugins import Registry
+from protobench.report import leaderboard
+from protobench.report.plots import plotted_columns
+from protobench.runner import checkpoint
+from protobench.runner.store import RecordKey, ResultStore, StoreError
 
 
 def _put(store, model, metric, seed, value, higher=True, reason=None, interval=None):

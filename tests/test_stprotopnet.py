@@ -21,8 +21,8 @@ from protobench_stprotopnet.plugin import SPEC
 from protobench_stprotopnet.push import push_branches
 from protobench_stprotopnet.recipe import renormalise
 
-from protobench.contract import TrainData
-from protobench.training import ParamGroup, Phase, run_recipe
+from protobench.api.contract import TrainData
+from protobench.runner.training import ParamGroup, Phase, run_recipe
 
 # two classes, two prototypes each (rows: class 0, class 0, class 1, class 1), depth 2
 PROTOTYPES = torch.tensor([[2.0, 0.0], [0.0, 1.0], [0.6, 0.8], [1.0, 0.5]])[:, :, None, None]
@@ -201,8 +201,8 @@ def test_support_prototypes_lie_closer_to_the_decision_boundary_than_trivial_one
 
     from protobench.data.synthbirds import build_synthbirds
     from protobench.data.transforms import eval_transform, train_transform
-    from protobench.devices import seed_everything
-    from protobench.training import Step
+    from protobench.runner.devices import seed_everything
+    from protobench.runner.training import Step
 
     seed_everything(0)
     options = {"num_classes": 2, "images_per_class": 120, "resolution": 64}

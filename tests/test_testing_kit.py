@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from protobench.contract import Explanation, ModelSpec, PrototypeModel
-from protobench.plugins import Registry, registry
+from protobench.api.contract import Explanation, ModelSpec, PrototypeModel
+from protobench.api.plugins import Registry, registry
 from protobench.testing import check_model, first_batches
 
 

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from protobench.contract import TrainData
-from protobench.training import (
+from protobench.api.contract import TrainData
+from protobench.runner.training import (
     NonFiniteLossError,
     ParamGroup,
     Phase,

@@ -1,7 +1,7 @@
 """The black-box reference: a timm backbone, global average pooling and a linear head.
 
-The head (:class:`protobench.backbones.PooledHead`) undoes a backbone's constant output scale (the quick
-backbone's features are made small by design, see :mod:`protobench.localnet`).
+The head (:class:`protobench.models.backbones.PooledHead`) undoes a backbone's constant output scale (the quick
+backbone's features are made small by design, see :mod:`protobench.models.localnet`).
 
 It has no prototypes: ``prototype_classes`` is empty, ``explain`` returns similarity maps of shape
 ``[B, 0, h, w]`` and no contributions, so prototype metrics report "not applicable" for it. It is
@@ -15,13 +15,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from protobench.backbones import PooledHead, configure, configured_backbone, feature_scale
-from protobench.contract import Explanation, Progress, PrototypeModel, TrainData
-from protobench.training import ParamGroup, Phase, StepSchedule, cross_entropy_objective, run_recipe
+from protobench.api.contract import Explanation, Progress, PrototypeModel, TrainData
+from protobench.models.backbones import PooledHead, configure, configured_backbone, feature_scale
+from protobench.runner.training import ParamGroup, Phase, StepSchedule, cross_entropy_objective, run_recipe
 
 
 class Baseline(PrototypeModel):
-    """``head(f(normalize(x)))`` with ``head`` a :class:`~protobench.backbones.PooledHead`."""
+    """``head(f(normalize(x)))`` with ``head`` a :class:`~protobench.models.backbones.PooledHead`."""
 
     def __init__(self, config: dict[str, Any]):
         super().__init__()

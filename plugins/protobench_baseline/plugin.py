@@ -3,15 +3,15 @@
 No paper defines this baseline's training, so ``paper`` takes ProtoPNet's published setting for a
 comparable black box: its backbone and resolution (VGG-19, 224 px) and the optimiser of its joint
 stage (Adam, 1e-4 for the backbone, 3e-3 for the new layer, weight decay 1e-3, learning rate x0.1
-every 5 epochs). ``quick`` uses the shared quick backbone (:data:`protobench.standin.QUICK_BACKBONE`, starting from the
+every 5 epochs). ``quick`` uses the shared quick backbone (:data:`protobench.runner.standin.QUICK_BACKBONE`, starting from the
 synthbirds stand-in weights, as every family does) and ProtoPNet's quick batch size, Adam 2e-3.
 """
 
 from __future__ import annotations
 
 from protobench import hookimpl
-from protobench.contract import ModelSpec
-from protobench.standin import QUICK_BACKBONE
+from protobench.api.contract import ModelSpec
+from protobench.runner.standin import QUICK_BACKBONE
 
 from .model import Baseline, train
 

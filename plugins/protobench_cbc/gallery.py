@@ -3,7 +3,7 @@
 Rows: the class's top positive components (largest ``r+ - r-``: evidence when present), then its top negative
 components (largest ``r- - r+``: evidence when absent). Each row names the component and its reasoning
 probabilities, then shows the component's top-activating test images with its region
-(:func:`protobench.regions.prototype_regions`, the box the metrics use), as the deep code's
+(:func:`protobench.explain.regions.prototype_regions`, the box the metrics use), as the deep code's
 ``utils/visualize_predictions.py`` shows a component by its top patches.
 """
 
@@ -18,8 +18,8 @@ import matplotlib.pyplot as plt
 import torch
 from torch.utils.data import Dataset
 
-from protobench.gallery import top_activations
-from protobench.regions import prototype_regions
+from protobench.explain.regions import prototype_regions
+from protobench.report.gallery import top_activations
 
 from .model import _CBCBase
 

@@ -45,8 +45,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from protobench.backbones import configure, configured_backbone, feature_scale
-from protobench.contract import Explanation, PrototypeModel
+from protobench.api.contract import Explanation, PrototypeModel
+from protobench.models.backbones import configure, configured_backbone, feature_scale
 
 from .reasoning import ReasoningHead, robust_radius, squared_radius
 

@@ -10,7 +10,7 @@ downsampling convolutions at stride 2 and dilates instead (a 28x28 grid, not the
 ``model.stages.2`` and ``model.stages.3``.
 
 ``QUICK`` (``cbc``) is sized for synthbirds at 64 px on two CPU cores: the shared quick backbone
-(:data:`protobench.standin.QUICK_BACKBONE`, 256 channels = 256 components, an 8x8 grid), its pointwise
+(:data:`protobench.runner.standin.QUICK_BACKBONE`, 256 channels = 256 components, an 8x8 grid), its pointwise
 ``blocks`` trained (LocalNet's late stage, as the official code trains the last two stages), shorter phases
 and higher learning rates than the paper's (measured in the comments).
 
@@ -25,8 +25,8 @@ Euclidean distance) on the latent grid of a frozen backbone; its certificate is 
 from __future__ import annotations
 
 from protobench import hookimpl
-from protobench.contract import ModelSpec
-from protobench.standin import QUICK_BACKBONE
+from protobench.api.contract import ModelSpec
+from protobench.runner.standin import QUICK_BACKBONE
 
 from .model import DeepCBC, RobustCBC
 from .recipe import train_deep, train_robust

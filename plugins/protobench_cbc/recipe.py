@@ -45,8 +45,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from protobench.contract import Progress, PrototypeModel, TrainData
-from protobench.training import ParamGroup, Phase, Step, run_recipe
+from protobench.api.contract import Progress, PrototypeModel, TrainData
+from protobench.runner.training import ParamGroup, Phase, Step, run_recipe
 
 from .model import DeepCBC, RobustCBC
 from .reasoning import margin_loss, robust_loss

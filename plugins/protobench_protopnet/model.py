@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from protobench.backbones import configure, configured_backbone
-from protobench.contract import Explanation, PrototypeModel
+from protobench.api.contract import Explanation, PrototypeModel
+from protobench.models.backbones import configure, configured_backbone
 
 #: The official code's epsilon in the log similarity.
 EPSILON = 1e-4

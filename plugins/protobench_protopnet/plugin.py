@@ -9,7 +9,7 @@ Pretrained ImageNet weights, which the paper starts from, must be given as a loc
 ``quick`` is sized for synthbirds at 64 px on two CPU cores (see the profile's comments): the
 paper's prototype layer (10 prototypes per class, depth 128, "regular" add-on layers), losses,
 warm-up/last-layer learning rates and push, with the shared quick backbone
-(:data:`protobench.standin.QUICK_BACKBONE`: a small local CNN, an 8x8 latent grid, the synthbirds
+(:data:`protobench.runner.standin.QUICK_BACKBONE`: a small local CNN, an 8x8 latent grid, the synthbirds
 stand-in for ImageNet weights), batch 32, compressed stage lengths (two pushes, 3 last-layer epochs
 each), a joint backbone learning rate of 1e-3 instead of 1e-4 and a last-layer learning rate of 3e-3
 instead of 1e-4.
@@ -18,8 +18,8 @@ instead of 1e-4.
 from __future__ import annotations
 
 from protobench import hookimpl
-from protobench.contract import ModelSpec
-from protobench.standin import QUICK_BACKBONE
+from protobench.api.contract import ModelSpec
+from protobench.runner.standin import QUICK_BACKBONE
 
 from . import official
 from .losses import COEFFICIENTS

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from protobench.contract import Progress, TrainData
-from protobench.projection import nearest_patches
+from protobench.api.contract import Progress, TrainData
+from protobench.runner.projection import nearest_patches
 
 
 @torch.no_grad()

@@ -10,7 +10,7 @@ only the last layer (stage 3, its own Adam optimizer kept across cycles). Every 
 the full objective of :mod:`.losses`; weight decay applies to the backbone and add-on layers only.
 
 Departures: the paper starts from an ImageNet-pretrained backbone. Without a weights file (no
-download ever) the quick profile starts from the shared stand-in (:mod:`protobench.standin`); from a
+download ever) the quick profile starts from the shared stand-in (:mod:`protobench.runner.standin`); from a
 random backbone the official objective collapses: the cluster cost (0.8) outweighs the cross-entropy,
 whose gradient through the log similarity is tiny at the large initial distances, so all latent
 patches and prototypes meet at one point and the cross-entropy stays at log C (measured on synthbirds).
@@ -31,8 +31,8 @@ from typing import Any
 
 from torch import nn
 
-from protobench.contract import Progress, PrototypeModel, TrainData
-from protobench.training import Objective, ParamGroup, Phase, Step, StepSchedule, run_recipe
+from protobench.api.contract import Progress, PrototypeModel, TrainData
+from protobench.runner.training import Objective, ParamGroup, Phase, Step, StepSchedule, run_recipe
 
 from .losses import protopnet_objective
 from .push import push_prototypes

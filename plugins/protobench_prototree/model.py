@@ -54,8 +54,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from protobench.backbones import configure, configured_backbone
-from protobench.contract import Explanation, PrototypeModel
+from protobench.api.contract import Explanation, PrototypeModel
+from protobench.models.backbones import configure, configured_backbone
 
 from . import tree
 from .leaves import leaf_distributions

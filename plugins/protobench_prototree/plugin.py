@@ -7,7 +7,7 @@ leaves) and 1e-5 (backbone), weight decay 0, batch 64, 100 epochs, backbone froz
 from iNaturalist weights, which must be given as a local file under ``weights``.
 
 ``quick`` is sized for synthbirds at 64 px on two CPU cores: the shared quick backbone
-(:data:`protobench.standin.QUICK_BACKBONE`: an 8x8 latent grid, the synthbirds stand-in for
+(:data:`protobench.runner.standin.QUICK_BACKBONE`: an 8x8 latent grid, the synthbirds stand-in for
 pretrained weights), depth 6 (64 leaves for 24 classes), 12 epochs with the backbone at 1e-3 (it is young) and
 the prototypes at 3e-3, batch 32. The leaderboard evaluates the greedy mode, the deterministic mode of the paper's Fig. 1 (one
 path from root to leaf); ``--set inference=distributed`` or ``sample_max`` pick the others.
@@ -16,8 +16,8 @@ path from root to leaf); ``--set inference=distributed`` or ``sample_max`` pick 
 from __future__ import annotations
 
 from protobench import hookimpl
-from protobench.contract import ModelSpec
-from protobench.standin import QUICK_BACKBONE
+from protobench.api.contract import ModelSpec
+from protobench.runner.standin import QUICK_BACKBONE
 
 from . import official
 from .model import ProtoTree

@@ -16,7 +16,7 @@ frozen and the joint epochs use two optimizers (the official code keeps one, who
 add-on layers and prototypes carry over). The official ``resnet50_inat`` set-up trains the last
 backbone block (``layer4.2``) at ``lr_block`` even while frozen; here the whole backbone is frozen
 and trained at ``lr_net``. The official code starts from ImageNet (or iNaturalist) weights; the
-quick profile starts from the shared stand-in (:mod:`protobench.standin`), as every family does. Data augmentation is the
+quick profile starts from the shared stand-in (:mod:`protobench.runner.standin`), as every family does. Data augmentation is the
 harness's (random shift and flip), not the official set (colour jitter, perspective, rotation, crop).
 """
 
@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from protobench.contract import Progress, PrototypeModel, TrainData
-from protobench.training import ParamGroup, Phase, Step, run_recipe
+from protobench.api.contract import Progress, PrototypeModel, TrainData
+from protobench.runner.training import ParamGroup, Phase, Step, run_recipe
 
 from .leaves import DerivativeFreeLeaves, prototree_objective
 from .project import project_prototypes

@@ -9,7 +9,7 @@ timm's ``Cait.forward_features`` runs the class-attention blocks before the fina
 
 The quick profile's small ViT (:data:`QUICK_VITS`) is registered in timm's registry as a :class:`GridViT`,
 whose ``forward_features`` already returns the grid ``[B, D, h, w]``: the feature-map layout the shared
-stand-in pretraining (:mod:`protobench.standin`, global average pooling) expects, so
+stand-in pretraining (:mod:`protobench.runner.standin`, global average pooling) expects, so
 ``weights = "synthbirds-standin"`` works with it; the quick profile trains from scratch instead (see
 :mod:`.plugin`). Its state dict has timm's ``VisionTransformer`` key layout.
 
@@ -26,7 +26,7 @@ from timm.models import register_model
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
-from protobench.state_files import read_state_dict
+from protobench.api.state_files import read_state_dict
 
 #: The quick profile's ViTs at 64 px: name -> VisionTransformer arguments (patch 8: an 8x8 latent grid).
 QUICK_VITS: dict[str, dict[str, int]] = {

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from protobench.gallery import top_activations
+from protobench.report.gallery import top_activations
 
 from .model import ProtoViT, cell_boxes, union_boxes
 

@@ -5,7 +5,7 @@ The official layout follows github Henrymachiyu/ProtoViT, commit 31f6378:
 * ``save.py``, ``save_model_w_condition``: ``torch.save(obj=model)``, the whole pickled model (the
   ``model.state_dict()`` line is commented out); ``main.py`` passes the bare ``ppnet`` (no ``DataParallel``), and
   ``local_analysis.py`` / ``global_analysis.py`` read it back with ``torch.load``. protobench never unpickles
-  (:func:`protobench.state_files.read_state_dict`), so such a file must first be exported as its state dict,
+  (:func:`protobench.api.state_files.read_state_dict`), so such a file must first be exported as its state dict,
   where the file is trusted and in the official environment (its repository on ``sys.path``, its
   ``timm==0.4.12``): ``torch.save(torch.load(path, weights_only=False).state_dict(), 'state_dict.pth')``.
   This module converts that state dict. A ``module.`` prefix on every key (a wrapper's state dict) is stripped

@@ -13,7 +13,7 @@ be given as a local file under ``weights`` (timm key layout); nothing downloads.
 from __future__ import annotations
 
 from protobench import hookimpl
-from protobench.contract import ModelSpec
+from protobench.api.contract import ModelSpec
 
 from . import official
 from .losses import COEFFICIENTS

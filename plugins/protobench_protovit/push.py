@@ -22,8 +22,8 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader
 
-from protobench.contract import Progress, TrainData
-from protobench.training import batch_to
+from protobench.api.contract import Progress, TrainData
+from protobench.runner.training import batch_to
 
 #: The official ``push_prototypes`` fixes the slots at ``sign * 200`` (``result_tensor``).
 HARD_SLOT = 200.0

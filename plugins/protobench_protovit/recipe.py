@@ -29,8 +29,8 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
-from protobench.contract import Progress, PrototypeModel, TrainData
-from protobench.training import ParamGroup, Phase, Step, StepSchedule, run_recipe
+from protobench.api.contract import Progress, PrototypeModel, TrainData
+from protobench.runner.training import ParamGroup, Phase, Step, StepSchedule, run_recipe
 
 from .losses import SLOTS_COHERENCE, protovit_objective
 from .push import push_prototypes

@@ -22,8 +22,8 @@ from protobench_protopnet.losses import protopnet_terms
 from protobench_protopnet.recipe import protopnet_recipe
 from torch import Tensor, nn
 
-from protobench.contract import Progress, PrototypeModel, TrainData
-from protobench.training import run_recipe
+from protobench.api.contract import Progress, PrototypeModel, TrainData
+from protobench.runner.training import run_recipe
 
 
 def keypoint_cells(keypoints: Tensor, image_size: tuple[int, int], grid: tuple[int, int]) -> Tensor:

@@ -15,7 +15,7 @@ from protobench_protopnet.losses import COEFFICIENTS
 from protobench_protopnet.model import ProtoPNet
 
 from protobench import hookimpl
-from protobench.contract import ModelSpec
+from protobench.api.contract import ModelSpec
 
 from .part_supervised import train as train_part_supervised
 from .random_explanations import RandomExplanations

@@ -20,7 +20,7 @@ import torch
 from protobench_baseline.model import Baseline
 from torch import Tensor
 
-from protobench.contract import Explanation
+from protobench.api.contract import Explanation
 
 #: The pixel hash is taken modulo this prime (integer arithmetic: the same seed on every machine).
 _HASH_MODULUS = 2**61 - 1

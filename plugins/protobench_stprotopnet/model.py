@@ -35,8 +35,8 @@ import torch.nn.functional as F
 from protobench_protopnet.model import kaiming_sequential
 from torch import Tensor, nn
 
-from protobench.backbones import configure, configured_backbone
-from protobench.contract import Explanation, PrototypeModel
+from protobench.api.contract import Explanation, PrototypeModel
+from protobench.models.backbones import configure, configured_backbone
 
 BRANCHES = ("trivial", "support")
 VARIANTS = ("full", "cropped")

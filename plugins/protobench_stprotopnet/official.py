@@ -6,7 +6,7 @@ The official layout follows github cwangrun/ST-ProtoPNet, commit 935aaa1:
   ``model.state_dict()`` of the bare model (``full/main.py`` and ``cropped/main.py`` pass ``ppnet``, not the
   ``DataParallel`` wrapper; pickling the whole model is commented out). A ``module.`` prefix on every key
   (a wrapper's state dict) is stripped all the same. A whole pickled model must first be exported as its state
-  dict (:func:`protobench.state_files.read_state_dict` says how).
+  dict (:func:`protobench.api.state_files.read_state_dict` says how).
 * ``full/model.py`` and ``cropped/model.py``, class ``STProtoPNet`` with ``add_on_layers_type='regular'``
   (``settings_CUB_DOG.py``; the ``'bottleneck'`` type builds an ``add_on_layers`` that its own
   ``conv_features`` never uses). ``P = prototype_shape[0]`` prototypes per branch, class ``j // (P / C)``:

@@ -8,7 +8,7 @@ weight decay 0.1 x 1e-3 on the backbone and add-on layers, batch 80, push batch 
 must be given as a local file under ``weights``.
 
 ``quick`` is sized for synthbirds at 64 px on two CPU cores, like ProtoPNet's quick profile: the shared
-quick backbone (:data:`protobench.standin.QUICK_BACKBONE`; the official rule upsamples a non-VGG
+quick backbone (:data:`protobench.runner.standin.QUICK_BACKBONE`; the official rule upsamples a non-VGG
 backbone's grid 2x, so the latent grid is 16x16), batch 32, compressed stages (see the comments).
 """
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 from protobench_protopnet import plugin as protopnet
 
 from protobench import hookimpl
-from protobench.contract import ModelSpec
+from protobench.api.contract import ModelSpec
 
 from . import official
 from .losses import COEFFICIENTS

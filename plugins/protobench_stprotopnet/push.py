@@ -2,7 +2,7 @@
 
 Branch by branch, trivial first: each prototype of class k becomes the L2-normalised latent cell, among all
 cells of all push-set images of class k, most similar to it: highest cosine (``full``) or projection
-(``cropped``), without the ReLU. It is ProtoPNet's class-specific search (:mod:`protobench.projection`)
+(``cropped``), without the ReLU. It is ProtoPNet's class-specific search (:mod:`protobench.runner.projection`)
 with the negative similarity as the distance; ties keep the earliest image and location. The sources of
 both sets go to ``prototype_sources`` (trivial rows first).
 """
@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from protobench.contract import Progress, TrainData
-from protobench.projection import nearest_patches
+from protobench.api.contract import Progress, TrainData
+from protobench.runner.projection import nearest_patches
 
 from .model import BRANCHES, cosine_maps, projection_maps
 

@@ -20,8 +20,8 @@ from typing import Any
 
 from protobench_protopnet.recipe import protopnet_recipe
 
-from protobench.contract import Progress, PrototypeModel, TrainData
-from protobench.training import run_recipe
+from protobench.api.contract import Progress, PrototypeModel, TrainData
+from protobench.runner.training import run_recipe
 
 from .losses import st_protopnet_objective
 from .push import push_branches

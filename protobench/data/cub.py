@@ -125,7 +125,7 @@ def _check(path: Path, lines: np.ndarray, bad: np.ndarray, message: Callable[[in
 
 
 class CUB200(torch.utils.data.Dataset):
-    """One split of CUB-200-2011; items are the dicts of :mod:`protobench.contract`.
+    """One split of CUB-200-2011; items are the dicts of :mod:`protobench.api.contract`.
 
     ``keypoints`` (``[K, 3]``: x, y, visible; parts in ``part_names`` order) and ``bbox``
     (x, y, w, h) are in the image's pixels; a part that ``part_locs.txt`` does not list for an

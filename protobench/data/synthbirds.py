@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 from torch.nn import functional as F
 
+from protobench.api.overrides import check_overrides
 from protobench.data.synthbirds_classes import (
     MAX_CLASSES,
     PART_NAMES,
@@ -40,7 +41,6 @@ from protobench.data.synthbirds_classes import (
     varying_parts,
 )
 from protobench.data.synthbirds_render import Nuisance, Rendering, render, sample_scene
-from protobench.overrides import check_overrides
 
 __all__ = [
     "PAPER_OPTIONS", "PART_NAMES", "QUICK_OPTIONS", "BirdClass", "PartAttributes", "Rendering",
@@ -62,7 +62,7 @@ class SynthBirdsConfig:
     background objects, the chance of a twig in front of the bird, lighting strength (0 = flat).
     ``first_class`` starts the class table further down the enumeration (labels stay 0-based), so that
     a set of classes disjoint from a benchmark's first ``num_classes`` can be drawn (the stand-in
-    backbone's pretraining set, :mod:`protobench.standin`).
+    backbone's pretraining set, :mod:`protobench.runner.standin`).
     """
 
     num_classes: int = 24

@@ -1,6 +1,6 @@
 """Item transforms that keep ``keypoints`` and ``bbox`` in step with the image.
 
-An item is the dict described in :mod:`protobench.contract`. Every transform here maps an item
+An item is the dict described in :mod:`protobench.api.contract`. Every transform here maps an item
 to a new item; keypoints are ``[K, 3]`` (x, y, visible) in pixels, the box is (x, y, w, h).
 """
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from protobench.contract import EvalContext, Explanation, MetricResult, MetricSpec, PrototypeModel
+from protobench.api.contract import EvalContext, Explanation, MetricResult, MetricSpec, PrototypeModel
 from protobench.metrics.resampled import Resampled
 
 

@@ -1,6 +1,6 @@
 """Adversarial accuracy under L-inf attacks in pixel space (DESIGN.md, "Metrics": robustness).
 
-Images are in ``[0, 1]`` before the model's own normalisation (protobench.contract), so every epsilon is a
+Images are in ``[0, 1]`` before the model's own normalisation (protobench.api.contract), so every epsilon is a
 bound on pixel values; adversarial images are kept in ``[0, 1]``. Both attacks maximise the cross-entropy
 of the true label:
 
@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from protobench.contract import EvalContext, Explanation, MetricResult, MetricSpec, PrototypeModel
+from protobench.api.contract import EvalContext, Explanation, MetricResult, MetricSpec, PrototypeModel
 from protobench.metrics.resampled import Resampled
 
 #: Perturbation budgets (L-inf, pixel space [0, 1]); 8/255 is the standard CIFAR-10 / ImageNet budget

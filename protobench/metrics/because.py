@@ -1,5 +1,5 @@
 """Global "because" influences per prototype (Nauta et al., ECML-PKDD workshops 2021; see
-:mod:`protobench.because`).
+:mod:`protobench.explain.because`).
 
 Streams the similarity-weighted mean of the local influences of hue, shape, texture, contrast and saturation
 over the test images (``prototype_activation.py``, ``weighted_mean``): every image counts for every prototype,
@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from protobench.because import CHARACTERISTICS, local_influences
-from protobench.contract import EvalContext, Explanation, MetricResult, MetricSpec, PrototypeModel
+from protobench.api.contract import EvalContext, Explanation, MetricResult, MetricSpec, PrototypeModel
+from protobench.explain.because import CHARACTERISTICS, local_influences
 from protobench.metrics.resampled import Resampled
 
 PAPER = (
@@ -50,7 +50,7 @@ class Because(Resampled):
         images = batch["image"].to(explanation.logits.device)
         counts = self.counts(batch)
         original, influences = local_influences(self.model, images, explanation)
-        # per image, the terms protobench.because.weighted_sums adds up: weight = similarity >= 0
+        # per image, the terms protobench.explain.because.weighted_sums adds up: weight = similarity >= 0
         weight = original.clamp(min=0)  # [B, P]
         self.accumulate("weighted_delta", counts, influences * weight[:, None])  # [B, M, P]
         self.accumulate("weight", counts, weight)

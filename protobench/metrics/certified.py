@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from protobench.contract import EvalContext, Explanation, MetricResult, MetricSpec, PrototypeModel
+from protobench.api.contract import EvalContext, Explanation, MetricResult, MetricSpec, PrototypeModel
 from protobench.metrics.adversarial import EPSILONS, eps_name
 from protobench.metrics.resampled import Resampled
 

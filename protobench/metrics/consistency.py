@@ -7,10 +7,10 @@ of the images that count for it: for every part k, frequency_k = (images whose p
 (images on which part k is visible), a zero denominator read as 1 (the official code's guard); the
 prototype is consistent when max_k frequency_k >= mu. The score is the fraction of consistent prototypes.
 Part vectors, regions and which images count: :mod:`protobench.metrics.part_vectors`,
-:mod:`protobench.regions`.
+:mod:`protobench.explain.regions`.
 
 Named departures: the value is a fraction in [0, 1] (the official code prints a percentage); region size
-scales with the input size (:mod:`protobench.regions`). A prototype no image counts for has all frequencies
+scales with the input size (:mod:`protobench.explain.regions`). A prototype no image counts for has all frequencies
 0 and is inconsistent, as in the official code.
 """
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from protobench.contract import EvalContext, Explanation, MetricResult, MetricSpec, PrototypeModel
+from protobench.api.contract import EvalContext, Explanation, MetricResult, MetricSpec, PrototypeModel
 from protobench.metrics.part_vectors import counted_pairs, pair_part_vectors, visible
 from protobench.metrics.resampled import Resampled
 

@@ -3,7 +3,7 @@
 Hendrycks and Dietterich, "Benchmarking Neural Network Robustness to Common Corruptions and Perturbations",
 ICLR 2019: corruption robustness is ``E_c[P_(x,y)(f(c(x)) = y)]`` over a set of corruptions c (Sec. 3),
 ImageNet-C applies 15 corruptions at 5 severities each (Sec. 4). Every test image is corrupted by every
-corruption of :data:`protobench.corruptions.CORRUPTIONS` at every severity 1..5 (on the fly, on the model's
+corruption of :data:`protobench.metrics.corruptions.CORRUPTIONS` at every severity 1..5 (on the fly, on the model's
 device) and classified; the metric is the mean accuracy over all corruptions and severities, with the
 accuracy of each (corruption, severity) and each corruption's mean as detail. Its cost is one forward pass
 per corruption and severity (40) on top of the shared clean pass, so it is a ``costly`` metric: the harness
@@ -15,7 +15,7 @@ Named departures:
   and divided by AlexNet's, averaged over corruptions. There is no AlexNet reference on synthbirds (or on
   CUB), so we report the unnormalised mean corruption accuracy, the paper's ``E_c[P(f(c(x)) = y)]``
   estimated over our corruptions and severities.
-* 8 of ImageNet-C's 15 corruptions (:mod:`protobench.corruptions`, which also names where they depart from
+* 8 of ImageNet-C's 15 corruptions (:mod:`protobench.metrics.corruptions`, which also names where they depart from
   the reference implementation): impulse noise, glass and zoom blur, snow, frost, fog and elastic transform
   are left out, so the mean is over 8 x 5 conditions.
 * Random corruptions (noise, motion blur's angle) draw from one CPU generator per image seeded by the run's
@@ -30,15 +30,15 @@ from typing import Any
 
 import torch
 
-from protobench.contract import EvalContext, Explanation, MetricResult, MetricSpec, PrototypeModel
-from protobench.corruptions import CORRUPTIONS, RANDOM_CORRUPTIONS, SEVERITIES, image_generators
+from protobench.api.contract import EvalContext, Explanation, MetricResult, MetricSpec, PrototypeModel
+from protobench.metrics.corruptions import CORRUPTIONS, RANDOM_CORRUPTIONS, SEVERITIES, image_generators
 from protobench.metrics.resampled import Resampled
 
 
 class CorruptionAccuracy(Resampled):
     """Streaming accuracy under every corruption x severity: a ``[corruptions, 5]`` count of correct images.
 
-    ``corruptions`` picks names of :data:`~protobench.corruptions.CORRUPTIONS` (default: all of them).
+    ``corruptions`` picks names of :data:`~protobench.metrics.corruptions.CORRUPTIONS` (default: all of them).
     ``seed`` seeds the random corruptions and the interval over test images, the Poisson bootstrap of
     :mod:`protobench.metrics.resampled`.
     """

@@ -24,7 +24,7 @@ the attack succeeds when afterwards the prototype's maximum similarity outside t
 inside (it now fires somewhere else) and, as this benchmark requires, the predicted class is unchanged. The
 value is the fraction of correctly classified images on which it succeeds (lower is more robust).
 
-Named departures from the official attack: the region is the shared one of :mod:`protobench.regions` (box of
+Named departures from the official attack: the region is the shared one of :mod:`protobench.explain.regions` (box of
 the upsampled peak, or the family's override) instead of the official 95th-percentile crop
 (``find_high_activation_crop``), and a latent cell is inside when any of its pixels is; the objective is the
 one the code states (outside mean minus inside mean), whereas the official ``get_all_xy`` widens the outside
@@ -42,11 +42,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from protobench.contract import EvalContext, Explanation, MetricResult, MetricSpec, PrototypeModel
+from protobench.api.contract import EvalContext, Explanation, MetricResult, MetricSpec, PrototypeModel
+from protobench.explain.regions import prototype_regions
 from protobench.metrics.adversarial import EPSILONS, ascend, eps_name, uniform_noise
 from protobench.metrics.part_vectors import counted_pairs, pair_part_vectors
 from protobench.metrics.resampled import Resampled
-from protobench.regions import prototype_regions
 
 #: L-inf budget of the random control: the largest attack budget of
 #: :data:`protobench.metrics.adversarial.EPSILONS` (8/255), so that noise and attacks are compared at one size.

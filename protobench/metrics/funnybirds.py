@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from scipy import stats
 
-from protobench.contract import EvalContext, Explanation, MetricResult, MetricSpec, PrototypeModel
+from protobench.api.contract import EvalContext, Explanation, MetricResult, MetricSpec, PrototypeModel
 from protobench.data.synthbirds_classes import PART_NAMES
 from protobench.metrics.funnybirds_pass import THRESHOLDS, ImageOutcome, shared_pass
 from protobench.metrics.resampled import Resampled

@@ -11,7 +11,7 @@ Part importance (funnybirds-framework ``explainers/explainer_wrapper.py``,
 ``AbstractAttributionExplainer.get_part_importance`` / ``get_important_parts``; for ProtoPNet github
 visinf/funnybirds ``funnybirds_complete/explainers/explainer_wrapper.py``, ``ProtoPNetExplainer``):
 
-* a part's importance is the attribution summed over the part's pixels (:func:`protobench.attribution.
+* a part's importance is the attribution summed over the part's pixels (:func:`protobench.explain.attribution.
   attribution_maps`), with the part mask dilated by a 5 x 5 max filter for attribution explainers
   (Integrated Gradients) and undilated for prototype models;
 * important parts at threshold t, attribution explainers: importance > t x the attribution's total;
@@ -35,9 +35,9 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from protobench.attribution import attribution_maps, prototype_attribution, uses_prototypes
-from protobench.contract import EvalContext, Explanation, PrototypeModel
+from protobench.api.contract import EvalContext, Explanation, PrototypeModel
 from protobench.data.synthbirds_classes import PART_NAMES
+from protobench.explain.attribution import attribution_maps, prototype_attribution, uses_prototypes
 
 #: Importance thresholds: funnybirds-framework ``AbstractExplainer.get_p_thresholds``
 #: (``np.linspace(0.01, 0.50, num=80)``).

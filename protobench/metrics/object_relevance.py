@@ -14,12 +14,12 @@ relevance mass accuracy). Beside it:
   exceeds the value at the ``1 - AREA_FRACTION`` quantile (the sorted map's element ``int(N * (1 -
   AREA_FRACTION))``, as CaBRNet indexes it) that lie inside the object (0 where no pixel exceeds it);
 * per prototype, the share of its region's pixels inside the object (the shared region function,
-  :func:`protobench.regions.prototype_regions`), averaged over the images that count for it (its own
+  :func:`protobench.explain.regions.prototype_regions`), averaged over the images that count for it (its own
   class's, or the images a class-agnostic prototype argues for, as the consistency score counts them); and
   the same share for the prototype contributing most to each image's predicted class (CaBRNet's ``analyze`` with its
   default ``num_prototypes=1``).
 
-The attribution is :func:`protobench.attribution.attribution_maps` for the predicted class: prototype regions
+The attribution is :func:`protobench.explain.attribution.attribution_maps` for the predicted class: prototype regions
 weighted by contributions for a prototype model (FunnyBirds' ProtoPNet explainer), Integrated Gradients for a
 black box, so every model gets the value. The object is the dataset's own mask where it can render one
 (synthbirds' ``maps``: the bird is ``part_map > 0``), else the item's bounding box (CUB); ``detail["object"]``
@@ -40,11 +40,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from protobench.attribution import attribution_maps, box_masks, uses_prototypes
-from protobench.contract import EvalContext, Explanation, MetricResult, MetricSpec, PrototypeModel
+from protobench.api.contract import EvalContext, Explanation, MetricResult, MetricSpec, PrototypeModel
+from protobench.explain.attribution import attribution_maps, box_masks, uses_prototypes
+from protobench.explain.regions import prototype_regions
 from protobench.metrics.part_vectors import counted_pairs
 from protobench.metrics.resampled import Resampled
-from protobench.regions import prototype_regions
 
 #: Share of the image's pixels the area-based pointing game selects: CaBRNet ``relevance_analysis.analyze``
 #: (``area_percentage=0.1``).

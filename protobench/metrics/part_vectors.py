@@ -1,7 +1,7 @@
 """Object part vectors (Huang et al., ICCV 2023, Sec. 3.1): which annotated parts a prototype's region holds.
 
 For prototype p on image x the part vector ``o_p(x)`` has one entry per part: 1 where the part's keypoint is
-visible and lies inside the prototype's region (:mod:`protobench.regions`), else 0. As in the official code
+visible and lies inside the prototype's region (:mod:`protobench.explain.regions`), else 0. As in the official code
 (github hqhQAQ/EvalProtoPNet, ``util/local_parts.py`` builds ``id_to_part_loc`` from visible keypoints only;
 ``util/eval_interpretability.py``, ``get_corresponding_object_parts``) an invisible keypoint is no part
 location at all: it never enters a part vector and does not count as present (the part "mask").
@@ -22,9 +22,9 @@ from typing import Any
 
 from torch import Tensor
 
-from protobench.regions import prototype_regions
+from protobench.explain.regions import prototype_regions
 
-#: ``prototype_classes`` value of a prototype that serves no single class (protobench.contract).
+#: ``prototype_classes`` value of a prototype that serves no single class (protobench.api.contract).
 CLASS_AGNOSTIC = -1
 
 

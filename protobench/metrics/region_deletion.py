@@ -8,11 +8,11 @@ score after each step forms the curve whose area is reported); reference impleme
 score - perturbed score at each step; ``get_auc_score`` = ``np.trapz`` of the curve with ``dx=1``).
 
 For a prototype model the regions are not a grid of patches ranked by attribution (Samek et al.) but the image
-regions (:func:`protobench.regions.prototype_regions`, the shared region function) of the ``TOP_K`` prototypes
+regions (:func:`protobench.explain.regions.prototype_regions`, the shared region function) of the ``TOP_K`` prototypes
 with the largest ``Explanation.contributions[:, p, predicted]``, in that order: step ``k`` removes the union
 of the first ``k`` regions from the image. A model explained without prototypes (the black-box baseline, or a
 prototype model without contributions) is explained post hoc by
-:func:`protobench.attribution.attribution_maps` (Integrated Gradients), and its ``k``-th region is a box of
+:func:`protobench.explain.attribution.attribution_maps` (Integrated Gradients), and its ``k``-th region is a box of
 the same size as a prototype region, centred where the attribution summed over such a box is largest, chosen
 greedily so that the boxes do not overlap (a prototype model's regions may overlap; the greedy,
 non-overlapping choice is the one that removes the most attribution per box, as MoRF does with its patches).
@@ -49,10 +49,10 @@ import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 from torch import Tensor
 
-from protobench.attribution import attribution_maps, box_masks, uses_prototypes
-from protobench.contract import EvalContext, Explanation, MetricResult, MetricSpec, PrototypeModel
+from protobench.api.contract import EvalContext, Explanation, MetricResult, MetricSpec, PrototypeModel
+from protobench.explain.attribution import attribution_maps, box_masks, uses_prototypes
+from protobench.explain.regions import half_size, prototype_regions
 from protobench.metrics.resampled import Resampled
-from protobench.regions import half_size, prototype_regions
 
 #: Regions removed, one more per step (``k = 1..TOP_K``): a choice (no paper constant); at 64 px five regions
 #: of 21 x 21 px cover at most 54% of the image.
@@ -71,7 +71,7 @@ BLUR_SIGMA = 0.05
 CHUNK = 256
 
 PAPER = ("Samek et al., Evaluating the Visualization of What a Deep Neural Network Has Learned, IEEE TNNLS "
-         "2017, region perturbation (MoRF); quantus RegionPerturbation; regions: protobench.regions")
+         "2017, region perturbation (MoRF); quantus RegionPerturbation; regions: protobench.explain.regions")
 
 
 def image_generator(seed: int, index: int, stream: int) -> torch.Generator:

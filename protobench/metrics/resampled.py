@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torchmetrics
 
-from protobench.contract import MetricResult
+from protobench.api.contract import MetricResult
 
 #: Resamples per interval (percentile intervals at 95% want at least about 200).
 REPLICATES = 200

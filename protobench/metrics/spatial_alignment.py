@@ -10,9 +10,9 @@ ProtoViT repeats (github Henrymachiyu/ProtoViT: ``spatial_alignment_test/run_adv
 
 For each test image, its most activated prototype ``p`` (argmax over prototypes of the maximum similarity over
 the latent grid, negative similarities clipped to 0 as the official ``run_model_on_batch`` does) has a region
-(:func:`protobench.regions.prototype_regions`: the shared box, or the family's ``regions`` hook, e.g.
+(:func:`protobench.explain.regions.prototype_regions`: the shared box, or the family's ``regions`` hook, e.g.
 ProtoViT's union of patches), widened by :data:`MARGIN` pixels (``epsilon_pixels=10`` at 224 px, scaled to
-the input size as :func:`protobench.regions.half_size` scales its box). Only the pixels outside it are
+the input size as :func:`protobench.explain.regions.half_size` scales its box). Only the pixels outside it are
 perturbed, by PGD (below). With ``a(q)`` a prototype's clipped maximum similarity before and ``a'(q)`` after:
 
 * ``spatial_pac`` (prototypical part activation change): ``100 * (1 - a'(p) / a(p))``, mean over images
@@ -69,11 +69,11 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from protobench.contract import EvalContext, Explanation, MetricResult, MetricSpec, PrototypeModel
+from protobench.api.contract import EvalContext, Explanation, MetricResult, MetricSpec, PrototypeModel
+from protobench.explain.regions import REFERENCE_SIZE, prototype_regions
 from protobench.metrics.adversarial import gradient_sign, uniform_noise
 from protobench.metrics.part_vectors import counted_pairs
 from protobench.metrics.resampled import Resampled
-from protobench.regions import REFERENCE_SIZE, prototype_regions
 
 #: Official budget and step on ImageNet-normalised images (``run_adversarial_test.py``: ``--epsilon`` 0.4,
 #: ``--epsilon_iter`` 0.01) and the normalisation's std (``preprocess.py``): pixel-space values per channel.
@@ -82,7 +82,7 @@ OFFICIAL_STEP = 0.01
 OFFICIAL_STD = (0.229, 0.224, 0.225)
 #: PGD iterations: ``run_adversarial_test.py``, ``--nb_iter`` default 40.
 STEPS = 40
-#: Pixels added around the region at :data:`protobench.regions.REFERENCE_SIZE`:
+#: Pixels added around the region at :data:`protobench.explain.regions.REFERENCE_SIZE`:
 #: ``get_all_class_proto_low_activation_bbox_mask(epsilon_pixels=10)``.
 MARGIN = 10
 #: PLC's top-activation area: pixels above this quantile of the upsampled map (``q=0.9``).

@@ -16,7 +16,7 @@ per-channel std: the network sees exactly the official perturbation when it norm
 statistics, as the ProtoPNet family does.
 
 Named departures: the value is a fraction in [0, 1] (the official code prints a percentage); region size
-scales with the input size (:mod:`protobench.regions`); the noise of each image comes from its own generator,
+scales with the input size (:mod:`protobench.explain.regions`); the noise of each image comes from its own generator,
 seeded from the run's seed and the image's dataset index, so that it does not depend on batching or sharding
 (the official code draws from torch's global CPU generator); a prototype no image counts for is left out of the
 mean (the official mean would be NaN) and reported as None.
@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from protobench.contract import EvalContext, Explanation, MetricResult, MetricSpec, PrototypeModel
+from protobench.api.contract import EvalContext, Explanation, MetricResult, MetricSpec, PrototypeModel
 from protobench.metrics.part_vectors import counted_pairs, pair_part_vectors
 from protobench.metrics.resampled import Resampled
 

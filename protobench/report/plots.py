@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from protobench.atomic import write_atomic
+from protobench.runner.atomic import write_atomic
 
 #: The leaderboard sections plotted against accuracy.
 PLOTTED_GROUPS = ("interpretability", "faithfulness")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pluggy
 
-from protobench.contract import DatasetSpec, MetricSpec, ModelSpec
+from protobench.api.contract import DatasetSpec, MetricSpec, ModelSpec
 
 hookspec = pluggy.HookspecMarker("protobench")
 

@@ -31,8 +31,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from protobench import resume
-from protobench.contract import Progress, TrainData
+from protobench.api.contract import Progress, TrainData
+from protobench.runner import resume
 
 #: ``objective(model, batch) -> (logits, {term name: scalar tensor})``
 Objective = Callable[[nn.Module, dict[str, Any]], tuple[Tensor, dict[str, Tensor]]]
@@ -155,7 +155,7 @@ def run_recipe(
     ``seed`` seeds the shuffling of the training split (default: ``torch.initial_seed()``, i.e.
     the run's seed). ``requires_grad`` flags are restored afterwards and the model is left in
     eval mode. With ``data.resume_dir``, the state after every epoch and step is saved there and a re-run
-    of the same recipe goes on from the last one (:mod:`protobench.resume`).
+    of the same recipe goes on from the last one (:mod:`protobench.runner.resume`).
     """
     generator = torch.Generator().manual_seed(torch.initial_seed() if seed is None else seed)
     loader = DataLoader(

@@ -2,13 +2,13 @@
 
 Each picture shows, left to right, the prototype's source (the training patch push projected it onto, where
 the model records it in the optional buffer ``prototype_sources`` ``[P, 3]``: dataset index, row, column) and
-its top-k activations on the test split. Every panel draws the prototype's region (:mod:`protobench.regions`,
+its top-k activations on the test split. Every panel draws the prototype's region (:mod:`protobench.explain.regions`,
 the same box the consistency metric uses) and marks the visible part keypoints: green inside the region (the
 parts in the part vector), grey outside. The title carries the consistency verdict when one is given, and the
 prototype's set where the family has several (the explanation's ``extra["prototype_set"]``, one name per
 prototype, e.g. ST-ProtoPNet's support and trivial prototypes).
 
-Beside the panels, a text column says why the prototype matches (:mod:`protobench.because`, Nauta et al.
+Beside the panels, a text column says why the prototype matches (:mod:`protobench.explain.because`, Nauta et al.
 2021): the global influence of hue, shape, texture, contrast and saturation on its similarity, largest first,
 with the dominant one named (from the ``because`` metric's record when given, else computed over the gallery's
 top-k images of the prototype), and the local influences on its top activation.
@@ -28,10 +28,15 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from protobench.because import CHARACTERISTICS, describe, local_influences, weighted_sums
-from protobench.contract import PrototypeModel
+from protobench.api.contract import PrototypeModel
+from protobench.api.plugins import Registry
+from protobench.data.transforms import eval_transform
+from protobench.explain.because import CHARACTERISTICS, describe, local_influences, weighted_sums
+from protobench.explain.regions import prototype_regions
 from protobench.metrics.part_vectors import part_vectors
-from protobench.regions import prototype_regions
+from protobench.runner import harness
+from protobench.runner.devices import resolve_device
+from protobench.runner.progress import progress as default_progress
 
 
 def top_activations(model: PrototypeModel, dataset: Dataset, k: int, device: torch.device,
@@ -171,3 +176,43 @@ def contact_sheet(paths: Sequence[Path], out: str | Path) -> Path:
         top += im.height
     sheet.save(out)
     return Path(out)
+
+
+def model_gallery(
+    registry: Registry,
+    model: str,
+    settings: harness.Settings,
+    out_dir: Path,
+    k: int = 5,
+    prototypes: list[int] | None = None,
+    progress: Any = default_progress,
+) -> list[Path]:
+    """Write the prototype gallery of a trained model (drawn by :func:`write_gallery`).
+
+    Titles carry the stored consistency verdicts; the "because" text uses the stored ``because`` record's
+    global influences where the store has it (else the gallery computes them over its own images).
+    """
+    device = resolve_device(settings.device)
+    net, _ = harness.load_trained(registry, model, settings, device)
+    run_identity = harness.identity(registry, model, settings)
+    if net.num_prototypes == 0:
+        raise ValueError(f"model {model!r} has no prototypes, so it has no gallery")
+    transform = eval_transform(harness._input_size(net.config))
+    test = harness.build_split(registry, settings, "test", transform)
+    push = harness.build_split(registry, settings, "train", transform)
+    verdicts = {}
+    key = settings.record_key(run_identity, "consistency")
+    if settings.store.has(key) and settings.store.get(key)["value"] is not None:
+        per = settings.store.get(key)["detail"]["per_prototype"]
+        for p, (ok, part, freq) in enumerate(zip(per["consistent"], per["part"], per["max_part_frequency"])):
+            found = f"{part} in {freq:.0%} of its class's images" if freq > 0 else "no part in its region"
+            verdicts[p] = f"{'consistent' if ok else 'inconsistent'}: {found}"
+    influences = {}
+    key = settings.record_key(run_identity, "because")
+    if settings.store.has(key) and settings.store.get(key)["value"] is not None:
+        detail = settings.store.get(key)["detail"]
+        per = detail["per_prototype"]
+        for p in range(net.num_prototypes):
+            influences[p] = {name: per[name][p] for name in detail["characteristics"]}
+    return write_gallery(net, test, out_dir, push=push, k=k, prototypes=prototypes, verdicts=verdicts,
+                         influences=influences, device=device, progress=progress)

@@ -3,7 +3,7 @@
 For one test image: the prototypes that added the most evidence to the predicted class (the explanation's
 ``contributions``; a model without them is ranked by its similarity, among the predicted class's prototypes),
 each with its similarity (the map's maximum), its contribution, its region on the test image
-(:func:`protobench.regions.prototype_regions`) and its source patch (the optional ``prototype_sources``), then
+(:func:`protobench.explain.regions.prototype_regions`) and its source patch (the optional ``prototype_sources``), then
 the evidence summed per class. Printed as a table (:func:`describe`) and drawn as one PNG (:func:`draw`).
 """
 
@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 
-from protobench.contract import PrototypeModel
-from protobench.gallery import draw_panel, plt, region_boxes
-from protobench.regions import prototype_regions
+from protobench.api.contract import PrototypeModel
+from protobench.explain.regions import prototype_regions
+from protobench.report.gallery import draw_panel, plt, region_boxes
 
 
 @dataclass

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 
 def progress(iterable: Iterable[Any], *, desc: str = "", total: int | None = None) -> tqdm:
-    """Wrap ``iterable`` in a progress bar (the :class:`protobench.contract.Progress` protocol)."""
+    """Wrap ``iterable`` in a progress bar (the :class:`protobench.api.contract.Progress` protocol)."""
     interactive = sys.stderr.isatty()
     return tqdm(
         iterable,

@@ -52,7 +52,7 @@ class LocalNet(nn.Module):
     stand-in's unscaled features (std 3, max 65), ProtoPNet's warm-up at the paper's learning rates collapsed
     every latent patch to one point within an epoch (24-class synthbirds: 4% accuracy after 3 epochs, against
     43% with the features scaled by 0.005). Heads on pooled features divide the scale out again
-    (:class:`protobench.backbones.PooledHead`), so it does not slow a classifier.
+    (:class:`protobench.models.backbones.PooledHead`), so it does not slow a classifier.
     """
 
     def __init__(self, receptive_field: int = 19, width: int = 256, blocks: int = 3, num_classes: int = 1000,

@@ -1,4 +1,4 @@
-"""The model contract checked on a built model (DESIGN.md, "Model interface"; :class:`~protobench.contract.PrototypeModel`).
+"""The model contract checked on a built model (DESIGN.md, "Model interface"; :class:`~protobench.api.contract.PrototypeModel`).
 
 :func:`problems` runs right after a plugin's ``build(config)``, before any training, so a model that breaks the
 contract is told at once what the contract expects and what it gave, instead of failing after its training.
@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from protobench.contract import PrototypeModel
+from protobench.api.contract import PrototypeModel
 
 #: The attributes every model needs, and what the contract says each is.
 REQUIRED = {

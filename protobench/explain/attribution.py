@@ -11,7 +11,7 @@ exactly max similarity x last-layer weight) and the prototypes are those with ``
 contributions works unchanged. The union of regions that decides which parts are important takes the same
 prototypes where their weight is positive (:func:`prototype_attribution`).
 
-Named departures: a prototype's region is protobench's shared region (:func:`protobench.regions.
+Named departures: a prototype's region is protobench's shared region (:func:`protobench.explain.regions.
 prototype_regions`: a fixed box around the bicubically upsampled maximum, or the family's own ``regions``
 hook), not FunnyBirds' crop of the upsampled map above its 95th percentile (``find_high_activation_crop``);
 the map is one channel (FunnyBirds repeats it over the 3 image channels, a constant factor 3).
@@ -29,8 +29,8 @@ import torch
 from captum.attr import IntegratedGradients
 from torch import Tensor
 
-from protobench.contract import Explanation, PrototypeModel
-from protobench.regions import prototype_regions
+from protobench.api.contract import Explanation, PrototypeModel
+from protobench.explain.regions import prototype_regions
 
 #: Integrated Gradients steps: funnybirds-framework ``CaptumAttributionExplainer.explain`` (``n_steps=50``).
 IG_STEPS = 50

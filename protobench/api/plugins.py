@@ -16,8 +16,8 @@ from typing import Any
 
 import pluggy
 
-from protobench import hookspecs
-from protobench.contract import DatasetSpec, MetricSpec, ModelSpec
+from protobench.api import hookspecs
+from protobench.api.contract import DatasetSpec, MetricSpec, ModelSpec
 
 GROUP = "protobench"
 KINDS = {"models": ModelSpec, "datasets": DatasetSpec, "metrics": MetricSpec}

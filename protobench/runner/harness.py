@@ -1,8 +1,8 @@
 """Train, evaluate and run: what the CLI's commands do.
 
 Paths under ``workdir``: ``checkpoints/<dataset>/<profile>/<model>/<checkpoint hash>/seed<seed>/``
-(safetensors + json) and ``results/`` (the :class:`~protobench.store.ResultStore`), keyed by the run's
-identity (:mod:`protobench.identity`). A finished checkpoint is never retrained and a finished metric
+(safetensors + json) and ``results/`` (the :class:`~protobench.runner.store.ResultStore`), keyed by the run's
+identity (:mod:`protobench.runner.identity`). A finished checkpoint is never retrained and a finished metric
 record is never recomputed; another configuration gets its own.
 """
 
@@ -22,20 +22,27 @@ import torch
 import torchmetrics
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from protobench import __version__, checkpoint, resume
-from protobench.conformance import ContractError, problems
-from protobench.contract import EvalContext, Explanation, MetricResult, MetricSpec, PrototypeModel, TrainData
+from protobench import __version__
+from protobench.api.conformance import ContractError, problems
+from protobench.api.contract import (
+    EvalContext,
+    Explanation,
+    MetricResult,
+    MetricSpec,
+    PrototypeModel,
+    TrainData,
+)
+from protobench.api.overrides import check_overrides
+from protobench.api.plugins import Registry
+from protobench.api.state_files import read_state_dict
 from protobench.data.transforms import eval_transform, train_transform
-from protobench.devices import barrier, init_distributed, resolve_device, seed_everything
-from protobench.gallery import write_gallery
-from protobench.identity import RunIdentity, changed_settings
-from protobench.overrides import check_overrides
-from protobench.plugins import Registry
-from protobench.progress import progress as default_progress
-from protobench.standin import resolve_weights
-from protobench.state_files import read_state_dict
-from protobench.store import RecordKey, ResultStore
-from protobench.training import NonFiniteLossError
+from protobench.runner import checkpoint, resume
+from protobench.runner.devices import barrier, init_distributed, resolve_device, seed_everything
+from protobench.runner.identity import RunIdentity, changed_settings
+from protobench.runner.progress import progress as default_progress
+from protobench.runner.standin import resolve_weights
+from protobench.runner.store import RecordKey, ResultStore
+from protobench.runner.training import NonFiniteLossError
 
 #: Test images fed to costly metrics per profile (0 = all; chosen by :func:`costly_subset`). ``quick``: 24
 #: (one per synthbirds class), since one PGD step costs a forward and a backward pass and a 2-core CPU
@@ -517,43 +524,3 @@ def run(
             message = str(exc) if isinstance(exc, ContractError) else f"{type(exc).__name__}: {exc}"
             failed.append(f"{identities[model].label} (plugin {owner}) failed: {message}")
     return failed
-
-
-def gallery(
-    registry: Registry,
-    model: str,
-    settings: Settings,
-    out_dir: Path,
-    k: int = 5,
-    prototypes: list[int] | None = None,
-    progress: Any = default_progress,
-) -> list[Path]:
-    """Write the prototype gallery of a trained model (see :mod:`protobench.gallery`).
-
-    Titles carry the stored consistency verdicts; the "because" text uses the stored ``because`` record's
-    global influences where the store has it (else the gallery computes them over its own images).
-    """
-    device = resolve_device(settings.device)
-    net, _ = load_trained(registry, model, settings, device)
-    run_identity = identity(registry, model, settings)
-    if net.num_prototypes == 0:
-        raise ValueError(f"model {model!r} has no prototypes, so it has no gallery")
-    transform = eval_transform(_input_size(net.config))
-    test = build_split(registry, settings, "test", transform)
-    push = build_split(registry, settings, "train", transform)
-    verdicts = {}
-    key = settings.record_key(run_identity, "consistency")
-    if settings.store.has(key) and settings.store.get(key)["value"] is not None:
-        per = settings.store.get(key)["detail"]["per_prototype"]
-        for p, (ok, part, freq) in enumerate(zip(per["consistent"], per["part"], per["max_part_frequency"])):
-            found = f"{part} in {freq:.0%} of its class's images" if freq > 0 else "no part in its region"
-            verdicts[p] = f"{'consistent' if ok else 'inconsistent'}: {found}"
-    influences = {}
-    key = settings.record_key(run_identity, "because")
-    if settings.store.has(key) and settings.store.get(key)["value"] is not None:
-        detail = settings.store.get(key)["detail"]
-        per = detail["per_prototype"]
-        for p in range(net.num_prototypes):
-            influences[p] = {name: per[name][p] for name in detail["characteristics"]}
-    return write_gallery(net, test, out_dir, push=push, k=k, prototypes=prototypes, verdicts=verdicts,
-                         influences=influences, device=device, progress=progress)

@@ -4,7 +4,7 @@ Each baseline number may move by chance: training on another machine follows ano
 costly metrics see a few dozen images. A number *regressed* when it moved in its worse direction by more than
 its allowed change:
 
-- where the baseline and the current entry both carry a 95% interval (:func:`protobench.leaderboard.table`:
+- where the baseline and the current entry both carry a 95% interval (:func:`protobench.report.leaderboard.table`:
   over test images, or across seeds), ``sqrt(h_base^2 + h_now^2)``, the half-width of the interval of a
   difference of two independent estimates (``h`` the half-widths);
 - else the metric's tolerance in a committed tolerance file (:func:`load_tolerances`): absolute, or
@@ -26,7 +26,7 @@ from typing import Any
 
 import pandas as pd
 
-from protobench.leaderboard import half_width, row_label
+from protobench.report.leaderboard import half_width, row_label
 
 REGRESSED, IMPROVED, MISSING, UNGATED = "regressed", "improved", "missing", "ungated"
 KINDS = (REGRESSED, MISSING, IMPROVED, UNGATED)

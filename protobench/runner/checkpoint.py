@@ -13,9 +13,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from protobench.atomic import write_atomic, write_json_atomic
-from protobench.contract import PrototypeModel
-from protobench.plugins import Registry
+from protobench.api.contract import PrototypeModel
+from protobench.api.plugins import Registry
+from protobench.runner.atomic import write_atomic, write_json_atomic
 
 WEIGHTS, META = "model.safetensors", "model.json"
 

@@ -79,7 +79,7 @@ class TrainData:
     ``train`` is augmented; ``push`` is the same training images without augmentation (for
     prototype projection); ``test`` is held out. ``device`` is where the model lives.
     ``resume_dir``, set by the harness, is where the shared trainer keeps its resumable state
-    (:mod:`protobench.resume`); None: no resumable state.
+    (:mod:`protobench.runner.resume`); None: no resumable state.
     """
 
     train: torch.utils.data.Dataset

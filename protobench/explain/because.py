@@ -36,7 +36,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torch import Tensor
 
-from protobench.contract import Explanation, PrototypeModel
+from protobench.api.contract import Explanation, PrototypeModel
 
 #: Hue shift in [-0.5, 0.5] of a turn: mod_values.py ``hue_lvl``.
 HUE_SHIFT = 0.1

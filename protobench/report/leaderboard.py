@@ -1,6 +1,6 @@
 """Leaderboard tables: ``leaderboards/<dataset>.md`` (pandas + tabulate) and the same numbers as json.
 
-A row is a configuration: (model, profile, run identity; see :mod:`protobench.identity`), named by the model
+A row is a configuration: (model, profile, run identity; see :mod:`protobench.runner.identity`), named by the model
 and the settings that differ from the profile's (``protopnet [output_stride=8]``), with the full identity in
 the json; a metric's value is the mean over the seeds that have it, with a 95% interval: across seeds (Student
 t on the per-seed values) where two or more seeds have it, else the record's interval over test images (the
@@ -22,12 +22,12 @@ from typing import Any
 import pandas as pd
 from scipy import stats
 
-from protobench.atomic import write_atomic, write_json_atomic
-from protobench.contract import GROUPS
+from protobench.api.contract import GROUPS
+from protobench.api.plugins import Registry
 from protobench.metrics.resampled import LEVEL, REPLICATES
-from protobench.plots import accuracy_plot, plot_name, plotted_columns
-from protobench.plugins import Registry
-from protobench.store import ResultStore
+from protobench.report.plots import accuracy_plot, plot_name, plotted_columns
+from protobench.runner.atomic import write_atomic, write_json_atomic
+from protobench.runner.store import ResultStore
 
 NOT_APPLICABLE, MISSING = "n/a", "—"
 #: A record whose detail says ``space: feature`` holds a guarantee in the model's feature space, not pixels.
@@ -37,7 +37,7 @@ OTHER = "other"
 
 
 def _grouped(names: set[str], registry: Registry | None) -> dict[str, list[str]]:
-    """Metric names by leaderboard section (:data:`~protobench.contract.GROUPS` order, then "other"),
+    """Metric names by leaderboard section (:data:`~protobench.api.contract.GROUPS` order, then "other"),
     each section in registration order (names the registry does not know last, sorted)."""
     specs = registry.metrics if registry else {}
     known = [n for n in specs if n in names] + sorted(names - set(specs))
@@ -193,7 +193,7 @@ def markdown(data: dict[str, Any], registry: Registry | None = None) -> str:
 
 
 def write(store: ResultStore, dataset: str, out_dir: str | Path, registry: Registry | None = None) -> Path:
-    """Write ``<out_dir>/<dataset>.md``, ``.json`` and the accuracy plot (:mod:`protobench.plots`) where it has
+    """Write ``<out_dir>/<dataset>.md``, ``.json`` and the accuracy plot (:mod:`protobench.report.plots`) where it has
     points; returns the markdown path."""
     data = table(store, dataset, registry)
     out = Path(out_dir)

@@ -1,9 +1,9 @@
 """The results store: one json file per (dataset, profile, model, run, seed, metric) record.
 
-``run`` is the run identity's hash (:mod:`protobench.identity`): records of two configurations of one model
+``run`` is the run identity's hash (:mod:`protobench.runner.identity`): records of two configurations of one model
 never share a path.
 
-Each record is written atomically (see :mod:`protobench.atomic`) the moment its metric is
+Each record is written atomically (see :mod:`protobench.runner.atomic`) the moment its metric is
 computed, so a killed run loses at most the metrics of the pass in flight, and a re-run skips
 every record already on disk.
 """
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from protobench.atomic import write_json_atomic
+from protobench.runner.atomic import write_json_atomic
 
 
 class StoreError(ValueError):

@@ -2,7 +2,7 @@
 Common Corruptions and Perturbations", ICLR 2019), batched in torch on the images' device.
 
 Every corruption is ``fn(images, severity, generator) -> images``: float ``[B, 3, H, W]`` in ``[0, 1]``
-(pixel space, protobench.contract) in and out, severity 1..5 (0 returns the input unchanged). Definitions
+(pixel space, protobench.api.contract) in and out, severity 1..5 (0 returns the input unchanged). Definitions
 and constants are those of the reference implementation, the ``imagecorruptions`` package (github
 bethgelab/imagecorruptions, ``imagecorruptions/corruptions.py``, v1.1.2), which generalises Hendrycks'
 ``make_imagenet_c.py`` (github hendrycks/robustness, ``ImageNet-C/create_c/make_imagenet_c.py``) from

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from protobench import checkpoint
-from protobench.identity import label
-from protobench.store import RecordKey, ResultStore
+from protobench.runner import checkpoint
+from protobench.runner.identity import label
+from protobench.runner.store import RecordKey, ResultStore
 
 
 @dataclass

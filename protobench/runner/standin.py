@@ -12,7 +12,7 @@ The pretraining set is synthbirds drawn with its own seed from classes disjoint 
 of up to ``first_class`` classes (the end of the class enumeration), with more classes than the
 benchmark's 24; only images and labels are used: no keypoints, no part maps, no benchmark image. The
 objective is plain classification through global average pooling (cross-entropy, Adam); locality comes
-from the backbone's bounded receptive field (:mod:`protobench.localnet`), not from the objective.
+from the backbone's bounded receptive field (:mod:`protobench.models.localnet`), not from the objective.
 """
 
 from __future__ import annotations
@@ -28,14 +28,14 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from protobench.atomic import write_atomic, write_json_atomic
-from protobench.backbones import BackboneClassifier, ImageNetNormalize, build_backbone
-from protobench.contract import Progress, TrainData
+from protobench.api.contract import Progress, TrainData
 from protobench.data.synthbirds import SynthBirds, make_config
 from protobench.data.synthbirds_classes import MAX_CLASSES
 from protobench.data.transforms import eval_transform, train_transform
-from protobench.devices import seed_everything
-from protobench.training import ParamGroup, Phase, StepSchedule, cross_entropy_objective, run_recipe
+from protobench.models.backbones import BackboneClassifier, ImageNetNormalize, build_backbone
+from protobench.runner.atomic import write_atomic, write_json_atomic
+from protobench.runner.devices import seed_everything
+from protobench.runner.training import ParamGroup, Phase, StepSchedule, cross_entropy_objective, run_recipe
 
 #: The value of a model config's ``weights`` that asks for the shared stand-in backbone.
 STANDIN = "synthbirds-standin"

@@ -1,6 +1,6 @@
 """Resumable training: the shared trainer's state at each phase and epoch boundary (issue 12, part 3).
 
-:func:`protobench.training.run_recipe` saves, after every epoch of a phase and after every step, what it needs
+:func:`protobench.runner.training.run_recipe` saves, after every epoch of a phase and after every step, what it needs
 to carry on as if never stopped: the model's state dict, every optimiser's state and its count of epochs run,
 the random number generators (torch's, the loader's shuffling generator, CUDA's, numpy's, Python's), the
 position in the recipe and the epoch log. A re-run of the same recipe (same phase names, kinds and epochs)
@@ -27,7 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from protobench.atomic import write_atomic, write_json_atomic
+from protobench.runner.atomic import write_atomic, write_json_atomic
 
 LATEST = "latest.json"
 MODEL, OPTIMIZERS, RNG = "model.safetensors", "optimizers.safetensors", "rng.safetensors"

@@ -14,8 +14,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from protobench.contract import Progress, TrainData
-from protobench.training import batch_to
+from protobench.api.contract import Progress, TrainData
+from protobench.runner.training import batch_to
 
 
 @torch.no_grad()

@@ -16,8 +16,8 @@ import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import Tensor, nn
 
-from protobench import localnet  # noqa: F401  (registers the localnet_* backbones in timm's registry)
-from protobench.state_files import read_state_dict
+from protobench.api.state_files import read_state_dict
+from protobench.models import localnet  # noqa: F401  (registers the localnet_* backbones in timm's registry)
 
 
 class BackboneError(ValueError):
@@ -57,7 +57,7 @@ class PooledHead(nn.Module):
 
     ``scale`` undoes a backbone's constant output scale (:func:`feature_scale`), so that the head learns at
     its usual rate on a backbone whose features are made small for the families' add-on layers
-    (:mod:`protobench.localnet`).
+    (:mod:`protobench.models.localnet`).
     """
 
     def __init__(self, channels: int, num_classes: int, scale: float = 1.0):
@@ -72,7 +72,7 @@ class PooledHead(nn.Module):
 class BackboneClassifier(nn.Module):
     """``head(backbone(normalize(x)))`` with a :class:`PooledHead`: a backbone trained as a plain classifier.
 
-    The stand-in pretraining (:mod:`protobench.standin`) uses it; ``backbone`` and ``normalize`` are
+    The stand-in pretraining (:mod:`protobench.runner.standin`) uses it; ``backbone`` and ``normalize`` are
     shared, not copied.
     """
 

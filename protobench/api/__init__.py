@@ -1,0 +1,1 @@
+"""The contract: what a plugin author and the core agree on (specs, hooks, registry, conformance)."""

@@ -1,0 +1,1 @@
+"""Explanations: prototype regions, attributions and the "because" influences."""

@@ -1,0 +1,1 @@
+"""Shared model parts: the backbones and the quick profile's local network."""

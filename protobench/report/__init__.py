@@ -1,0 +1,1 @@
+"""What a person reads: leaderboards, the baseline check, galleries, plots, "this looks like that"."""

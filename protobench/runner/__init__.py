@@ -1,0 +1,1 @@
+"""Training, resuming, checkpoints, evaluation runs and the result store."""
