@@ -108,3 +108,15 @@ def test_the_committed_tolerance_file_covers_every_default_metric():
     tolerances = load_tolerances(Path(__file__).resolve().parents[1] / "leaderboards" / "tolerances.json")
     defaults = {name for name, spec in registry().metrics.items() if spec.default}
     assert defaults - set(tolerances) == set()
+
+
+def test_a_one_seed_baseline_adds_the_training_allowance_and_a_seeds_baseline_does_not():
+    # half-widths 0.03 and 0.04 (0.05 together) and a training allowance of 0.12: sqrt(0.05^2 + 0.12^2) = 0.13
+    tolerances = {"x": {"absolute": 0.12}}
+    base = board(x=entry(0.80, (0.77, 0.83)))
+    assert compare(base, board(x=entry(0.671, (0.631, 0.711))), tolerances) == []
+    (change,) = compare(base, board(x=entry(0.669, (0.629, 0.709))), tolerances)
+    assert change.kind == REGRESSED and change.allowed == pytest.approx(0.13)
+    seeds = board(x={**entry(0.80, (0.77, 0.83)), "interval_kind": "seeds"})
+    (change,) = compare(seeds, board(x=entry(0.74, (0.70, 0.78))), tolerances)
+    assert change.allowed == pytest.approx(0.05) and change.rule == "95% intervals"

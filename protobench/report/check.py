@@ -6,7 +6,10 @@ its allowed change:
 
 - where the baseline and the current entry both carry a 95% interval (:func:`protobench.report.leaderboard.table`:
   over test images, or across seeds), ``sqrt(h_base^2 + h_now^2)``, the half-width of the interval of a
-  difference of two independent estimates (``h`` the half-widths);
+  difference of two independent estimates (``h`` the half-widths); when the baseline has one seed, its
+  bootstrap interval says nothing about how much another training run (another machine's floating point)
+  moves the number, so the metric's tolerance (below) is added in quadrature as that training allowance:
+  ``sqrt(h_base^2 + h_now^2 + t^2)``; a baseline with intervals across seeds needs none;
 - else the metric's tolerance in a committed tolerance file (:func:`load_tolerances`): absolute, or
   relative to the baseline's magnitude;
 - else the ``fallback`` absolute tolerance, if given; otherwise the number is reported as ungated.
@@ -107,14 +110,18 @@ def report(changes: list[Change]) -> str:
 
 def _allowed(base: dict[str, Any], now: dict[str, Any], tolerance: Mapping[str, float] | None,
              fallback: float | None) -> tuple[float | None, str]:
+    amount = None
+    if tolerance is not None:
+        (kind, size), = tolerance.items()
+        amount = size * abs(base["value"]) if kind == "relative" else size
     halves = half_width(base), half_width(now)
     if None not in halves and any(halves):
-        return math.hypot(*halves), "95% intervals"
-    if tolerance is not None:
-        (kind, amount), = tolerance.items()
-        if kind == "relative":
-            return amount * abs(base["value"]), f"tolerance {amount:g} relative"
-        return amount, f"tolerance {amount:g}"
+        if base.get("interval_kind") == "seeds" or amount is None:
+            return math.hypot(*halves), "95% intervals"
+        # one seed: the intervals see the test images, not the training run; the tolerance stands for it
+        return math.hypot(*halves, amount), "95% intervals + training allowance"
+    if amount is not None:
+        return amount, "tolerance"
     if fallback is not None:
         return fallback, f"fallback tolerance {fallback:g}"
     return None, ""
