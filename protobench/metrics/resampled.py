@@ -30,9 +30,10 @@ from protobench.api.contract import MetricResult
 #: Resamples per interval (percentile intervals at 95% want at least about 200).
 REPLICATES = 200
 LEVEL = 0.95
-#: A resample whose metric is undefined (no image counted for it) is dropped; beyond this share dropped,
-#: the metric gets no interval.
-MAX_UNDEFINED = 0.05
+#: A resample whose metric is undefined (no image counted for it: each image is left out of a resample with
+#: probability 1/e) is dropped, and the interval is that of the resamples where the metric is defined; beyond
+#: this share dropped (a metric counting fewer than one image on average), the metric gets no interval.
+MAX_UNDEFINED = 0.5
 
 _POISSON_CDF = np.cumsum([math.exp(-1) / math.factorial(k) for k in range(20)])
 _MASK = np.uint64(0xFFFFFFFFFFFFFFFF)
