@@ -1,5 +1,10 @@
-"""The CI gate on real training: another seed (another training trajectory, as on another machine) passes,
-a planted regression fails (issue 12, part 2). Slow: two small trainings."""
+"""The CI gate on real training: a run with another seed (another training trajectory, as on another machine)
+passes against a baseline run with three seeds, a planted regression fails (issue 12, part 2). Slow: four
+small trainings.
+
+A one-seed baseline would not do here: this small from-scratch model's accuracy moves by up to 0.13 between
+seeds (0.60-0.73 measured), beyond its bootstrap intervals; a baseline across seeds carries that variation.
+"""
 
 from __future__ import annotations
 
@@ -19,9 +24,9 @@ from protobench.runner import harness
 ROOT = Path(__file__).resolve().parents[1]
 QUIET = lambda it, desc="", total=None: it
 METRICS = ["accuracy", "fgsm_eps4", "pgd_eps4"]
-#: 4 synthbirds classes at 32 px, the baseline from scratch: about 0.7 accurate, 30 s per seed on 2 cores
+#: 2 synthbirds classes at 32 px, the baseline from scratch: 0.60-0.73 accurate, about 10 s per seed on 2 cores
 MODEL = {"weights": None, "epochs": 12, "input_size": 32, "lrs": {"features": 1e-3, "head": 1e-3}}
-DATA = {"num_classes": 4, "images_per_class": 150, "resolution": 32}
+DATA = {"num_classes": 2, "images_per_class": 150, "resolution": 32}
 
 
 def settings(workdir: Path, seed: int) -> harness.Settings:
@@ -49,26 +54,28 @@ class SwappedClasses(PrototypeModel):
 @pytest.mark.slow
 def test_another_seed_passes_the_gate_and_a_planted_regression_fails(tmp_path):
     registry = discover({"core", "baseline"})
-    boards = {}
-    for seed in (0, 1):
-        run = settings(tmp_path / f"seed{seed}", seed)
-        assert harness.run(registry, ["baseline"], run, METRICS, QUIET) == []
-        boards[seed] = leaderboard.table(run.store, "synthbirds", registry)
+    for seed in (0, 1, 2):
+        assert harness.run(registry, ["baseline"], settings(tmp_path / "baseline", seed), METRICS, QUIET) == []
+    run = settings(tmp_path / "current", 3)
+    assert harness.run(registry, ["baseline"], run, METRICS, QUIET) == []
+    baseline = leaderboard.table(settings(tmp_path / "baseline", 0).store, "synthbirds", registry)
+    current = leaderboard.table(run.store, "synthbirds", registry)
+    assert all(e["interval_kind"] == "seeds" for e in baseline["rows"][0]["metrics"].values())
+    assert all(e["interval_kind"] == "bootstrap" for e in current["rows"][0]["metrics"].values())
     tolerances = load_tolerances(ROOT / "leaderboards" / "tolerances.json")
-    values = {s: {m: round(e["value"], 3) for m, e in b["rows"][0]["metrics"].items()} for s, b in boards.items()}
-    assert all("interval" in e for b in boards.values() for e in b["rows"][0]["metrics"].values())
-    changes = compare(boards[0], boards[1], tolerances)
-    assert failures(changes) == [], f"seed 1 against seed 0 {values}: {changes}"
+    values = {name: (round(e["value"], 3), e["per_seed"]) for name, e in baseline["rows"][0]["metrics"].items()}
+    now = {name: round(e["value"], 3) for name, e in current["rows"][0]["metrics"].items()}
+    changes = compare(baseline, current, tolerances)
+    assert failures(changes) == [], f"seed 3 {now} against seeds 0-2 {values}: {changes}"
 
-    run = settings(tmp_path / "seed1", 1)
     net, _ = harness.load_trained(registry, "baseline", run, torch.device("cpu"))
     dataset = harness.build_split(registry, run, "test", eval_transform(net.input_size[0]))
     specs = [registry.metric(m) for m in METRICS]
     costly = harness.costly_subset(dataset, run.costly_limit)
-    planted = json.loads(json.dumps(boards[1]))
+    planted = json.loads(json.dumps(current))
     for spec, result, _ in harness._shared_pass(SwappedClasses(net).eval(), "baseline", dataset, specs, run,
                                                 torch.device("cpu"), 0, 1, costly, QUIET):
         entry = planted["rows"][0]["metrics"][spec.name]
         entry.update(value=result.value, interval=list(result.interval))
-    changes = compare(boards[0], planted, tolerances)
+    changes = compare(baseline, planted, tolerances)
     assert ("accuracy", REGRESSED) in {(c.metric, c.kind) for c in changes}, (values, planted)
