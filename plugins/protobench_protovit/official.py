@@ -50,6 +50,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from protobench.api.state_files import map_official
+
 from .model import ProtoViT
 
 #: The official ``base_architecture_to_features`` names (identical timm names; a timm tag ``.xxx`` is ignored).
@@ -100,30 +102,11 @@ def convert(state: dict[str, Tensor], config: dict[str, Any]) -> dict[str, Tenso
     if backbone.split(".")[0] not in OFFICIAL_BACKBONES:
         raise ValueError(f"backbone {backbone!r} has no official ProtoViT checkpoint: the official code builds "
                          f"only {', '.join(sorted(OFFICIAL_BACKBONES))}")
-    if state and all(k.startswith("module.") for k in state):
-        state = {k.removeprefix("module."): v for k, v in state.items()}
     expected = expected_state(config)
-    names = official_names(expected)
-    unexpected = sorted(set(state) - set(names.values()) - set(DROPPED))
-    if unexpected:
-        more = f" and {len(unexpected) - 1} more" if len(unexpected) > 1 else ""
-        raise ValueError(f"official key {unexpected[0]!r}{more} has no place in our {backbone} "
-                         f"ProtoViT{_hint(unexpected[0], backbone)}")
-    missing = [(mine, official) for mine, official in names.items() if official not in state]
-    if missing:
-        mine, official = missing[0]
-        more = f" ({len(missing)} official keys missing in all)" if len(missing) > 1 else ""
-        raise ValueError(f"official key {official!r} is missing: our {mine!r} expects it, shape "
-                         f"{tuple(expected[mine][0])}{more}")
-    result: dict[str, Tensor] = {}
-    for mine, official in names.items():
-        tensor, shape = state[official], expected[mine][0]
-        if tensor.shape != shape:
-            raise ValueError(f"official key {official!r} has shape {tuple(tensor.shape)}, our {mine!r} expects "
-                             f"{tuple(shape)} (config: backbone {backbone!r}, num_classes {config['num_classes']}, "
-                             f"prototypes_per_class {config['prototypes_per_class']}, "
-                             f"sub_prototypes {config['sub_prototypes']})")
-        result[mine] = tensor
+    result = map_official(state, official_names(expected), expected, DROPPED, f"{backbone} ProtoViT",
+                          lambda key: _hint(key, backbone),
+                          f"backbone {backbone!r}, num_classes {config['num_classes']}, prototypes_per_class "
+                          f"{config['prototypes_per_class']}, sub_prototypes {config['sub_prototypes']}")
     per_class, sub = int(config["prototypes_per_class"]), int(config["sub_prototypes"])
     num_prototypes = int(config["num_classes"]) * per_class
     result["prototype_classes"] = torch.arange(num_prototypes) // per_class

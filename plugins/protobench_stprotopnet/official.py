@@ -50,6 +50,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from protobench.api.state_files import map_official
+
 from .model import BRANCHES, STProtoPNet
 
 #: The official ``base_architecture_to_features`` names (identical timm names; a timm tag ``.xxx`` is ignored).
@@ -126,30 +128,11 @@ def convert(state: dict[str, Tensor], config: dict[str, Any]) -> dict[str, Tenso
                          f"only {', '.join(sorted(OFFICIAL_BACKBONES))}")
     if variant not in OFFICIAL_ADD_ON_CONVS:
         raise ValueError(f"unknown ST-ProtoPNet variant {variant!r}: use one of {tuple(OFFICIAL_ADD_ON_CONVS)}")
-    if state and all(k.startswith("module.") for k in state):
-        state = {k.removeprefix("module."): v for k, v in state.items()}
     expected = expected_state(config)
-    names = official_names(expected, variant)
-    unexpected = sorted(set(state) - set(names.values()) - set(DROPPED))
-    if unexpected:
-        more = f" and {len(unexpected) - 1} more" if len(unexpected) > 1 else ""
-        raise ValueError(f"official key {unexpected[0]!r}{more} has no place in our {backbone} {variant} "
-                         f"ST-ProtoPNet{_hint(unexpected[0], variant, backbone)}")
-    missing = [(mine, official) for mine, official in names.items() if official not in state]
-    if missing:
-        mine, official = missing[0]
-        more = f" ({len(missing)} official keys missing in all)" if len(missing) > 1 else ""
-        raise ValueError(f"official key {official!r} is missing: our {mine!r} expects it, shape "
-                         f"{tuple(expected[mine][0])}{more}")
-    result: dict[str, Tensor] = {}
-    for mine, official in names.items():
-        tensor, shape = state[official], expected[mine][0]
-        if tensor.shape != shape:
-            raise ValueError(f"official key {official!r} has shape {tuple(tensor.shape)}, our {mine!r} expects "
-                             f"{tuple(shape)} (config: backbone {backbone!r}, num_classes {config['num_classes']}, "
-                             f"prototypes_per_class {config['prototypes_per_class']}, "
-                             f"prototype_dim {config['prototype_dim']})")
-        result[mine] = tensor
+    result = map_official(state, official_names(expected, variant), expected, DROPPED,
+                          f"{backbone} {variant} ST-ProtoPNet", lambda key: _hint(key, variant, backbone),
+                          f"backbone {backbone!r}, num_classes {config['num_classes']}, prototypes_per_class "
+                          f"{config['prototypes_per_class']}, prototype_dim {config['prototype_dim']}")
     per_branch = int(config["num_classes"]) * int(config["prototypes_per_class"])
     classes = torch.arange(per_branch) // int(config["prototypes_per_class"])
     result["prototype_classes"] = classes.repeat(len(BRANCHES))

@@ -7,7 +7,9 @@ which admits tensors and plain containers only. Every failure is one line naming
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -55,3 +57,31 @@ def read_state_dict(path: str | Path, what: str = "weights file") -> dict[str, T
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise StateFileError(f"{what} {path} holds a {type(state).__name__} that is not a state dict of tensors")
     return state
+
+
+def map_official(state: dict[str, Tensor], names: dict[str, str], expected: dict[str, Any], dropped: Sequence[str],
+                 model: str, hint: Callable[[str], str], config: str) -> dict[str, Tensor]:
+    """Our state dict from an official one: ``names`` maps each of our keys to the official key it is read from,
+    ``expected`` each of ours to its (shape, dtype); a ``module.`` prefix (a wrapper's state dict) is stripped and
+    the official keys in ``dropped`` ignored. Each problem is one ValueError line: an official key with no place
+    in ``model`` (plus ``hint(key)``), a missing key, a wrong shape (with the ``config`` that fixed it)."""
+    if state and all(k.startswith("module.") for k in state):
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    unexpected = sorted(set(state) - set(names.values()) - set(dropped))
+    if unexpected:
+        more = f" and {len(unexpected) - 1} more" if len(unexpected) > 1 else ""
+        raise ValueError(f"official key {unexpected[0]!r}{more} has no place in our {model}{hint(unexpected[0])}")
+    missing = [(mine, official) for mine, official in names.items() if official not in state]
+    if missing:
+        mine, official = missing[0]
+        more = f" ({len(missing)} official keys missing in all)" if len(missing) > 1 else ""
+        raise ValueError(f"official key {official!r} is missing: our {mine!r} expects it, shape "
+                         f"{tuple(expected[mine][0])}{more}")
+    result: dict[str, Tensor] = {}
+    for mine, official in names.items():
+        tensor, shape = state[official], expected[mine][0]
+        if tensor.shape != shape:
+            raise ValueError(f"official key {official!r} has shape {tuple(tensor.shape)}, our {mine!r} expects "
+                             f"{tuple(shape)} (config: {config})")
+        result[mine] = tensor
+    return result
