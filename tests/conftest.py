@@ -195,3 +195,14 @@ def toy_cli(tmp_path):
     run.cwd = tmp_path  # type: ignore[attr-defined]
     run.log = tmp_path / "toy.log"  # type: ignore[attr-defined]
     return run
+
+
+@pytest.fixture
+def one_line_error():
+    """``one_line_error(function, *args, **kwargs)``: the message of the ValueError the call raises, one line."""
+    def message(function, *args, **kwargs) -> str:
+        with pytest.raises(ValueError) as info:
+            function(*args, **kwargs)
+        assert "\n" not in str(info.value)
+        return str(info.value)
+    return message

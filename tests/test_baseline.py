@@ -6,29 +6,11 @@ import json
 
 import torch
 from protobench_baseline.plugin import SPEC
+from tiny_data import ColourItems
 
 from protobench.api.contract import TrainData
 from protobench.api.plugins import discover
 from protobench.runner import checkpoint
-
-
-class ColourItems(torch.utils.data.Dataset):
-    """Two classes: a red-ish or a green-ish 16 px image."""
-
-    num_classes = 2
-
-    def __init__(self, n=16):
-        g = torch.Generator().manual_seed(0)
-        self.images = torch.rand(n, 3, 16, 16, generator=g) * 0.5
-        self.labels = [i % 2 for i in range(n)]
-        for i, y in enumerate(self.labels):
-            self.images[i, y] += 0.5
-
-    def __len__(self):
-        return len(self.labels)
-
-    def __getitem__(self, i):
-        return {"image": self.images[i], "label": self.labels[i], "index": i}
 
 
 def tiny_config(**overrides):

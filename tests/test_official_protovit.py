@@ -174,41 +174,33 @@ def test_a_wrapped_state_dicts_module_prefix_is_stripped_and_ones_and_head_dropp
     assert torch.equal(result["features.blocks.3.mlp.fc2.weight"], state["features.blocks.3.mlp.fc2.weight"])
 
 
-def one_line_error(state: dict, cfg: dict) -> str:
-    with pytest.raises(ValueError) as info:
-        convert(state, cfg)
-    message = str(info.value)
-    assert "\n" not in message
-    return message
-
-
-def test_a_wrong_shape_is_one_line_naming_the_official_key_and_what_ours_expects():
+def test_a_wrong_shape_is_one_line_naming_the_official_key_and_what_ours_expects(one_line_error):
     cfg = config("deit_tiny_patch16_224")
     state = official_state("deit_tiny_patch16_224")
     state["patch_select"] = state["patch_select"].transpose(1, 2)  # [1, K, P]
-    message = one_line_error(state, cfg)
+    message = one_line_error(convert, state, cfg)
     assert f"'patch_select' has shape (1, {K}, {P})" in message and f"expects (1, {P}, {K})" in message
 
     state = official_state("deit_tiny_patch16_224")
     state["prototype_vectors"] = torch.rand(P, 192, K + 1)
-    message = one_line_error(state, cfg)
+    message = one_line_error(convert, state, cfg)
     assert f"'prototype_vectors' has shape ({P}, 192, {K + 1})" in message and "sub_prototypes 4" in message
 
 
-def test_a_missing_key_is_one_line_naming_it():
+def test_a_missing_key_is_one_line_naming_it(one_line_error):
     state, cfg = official_state("deit_tiny_patch16_224"), config("deit_tiny_patch16_224")
     del state["features.blocks.7.attn.proj.bias"]
-    message = one_line_error(state, cfg)
+    message = one_line_error(convert, state, cfg)
     assert "'features.blocks.7.attn.proj.bias' is missing" in message and "(192,)" in message
     del state["last_layer.weight"]
-    assert "'last_layer.weight' is missing" in one_line_error(state, cfg)
+    assert "'last_layer.weight' is missing" in one_line_error(convert, state, cfg)
 
 
-def test_another_backbones_keys_a_distilled_deit_and_a_backbone_without_official_code_are_refused():
-    message = one_line_error(official_state("cait_xxs24_224"), config("deit_tiny_patch16_224"))
+def test_another_backbones_keys_a_distilled_deit_and_a_backbone_without_official_code_are_refused(one_line_error):
+    message = one_line_error(convert, official_state("cait_xxs24_224"), config("deit_tiny_patch16_224"))
     assert "'features.blocks.0.attn.proj_l.bias'" in message and "backbone other than" in message
     state = official_state("deit_tiny_patch16_224")
     state["features.dist_token"] = torch.zeros(1, 1, 192)
-    assert "distilled DeiT" in one_line_error(state, config("deit_tiny_patch16_224"))
-    message = one_line_error(state, config("protovit_micro_patch8_64") | {"input_size": 64})
+    assert "distilled DeiT" in one_line_error(convert, state, config("deit_tiny_patch16_224"))
+    message = one_line_error(convert, state, config("protovit_micro_patch8_64") | {"input_size": 64})
     assert "no official ProtoViT checkpoint" in message and "deit_small_patch16_224" in message

@@ -12,6 +12,7 @@ from protobench_protopnet.model import ProtoPNet, add_on_layers, log_similarity,
 from protobench_protopnet.plugin import PAPER, QUICK, SPEC
 from protobench_protopnet.push import push_prototypes
 from protobench_protopnet.recipe import protopnet_recipe
+from tiny_data import ColourItems
 from torch import nn
 
 from protobench.api.contract import TrainData
@@ -50,15 +51,6 @@ class Items(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         return {"image": self.images[i], "label": self.labels[i], "index": self.offset + i}
-
-
-def colour_items(n=16, size=16, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    images = torch.rand(n, 3, size, size, generator=g) * 0.5
-    labels = [i % 2 for i in range(n)]
-    for i, y in enumerate(labels):
-        images[i, y] += 0.5
-    return Items(images, labels)
 
 
 # --- Sec. 2.1: distances, similarity, pooling, last layer ---------------------------------------
@@ -190,7 +182,7 @@ def test_push_projects_onto_the_nearest_own_class_patch():
 def test_push_with_a_real_backbone_copies_exact_training_patches():
     torch.manual_seed(0)
     model = ProtoPNet(tiny_config(num_classes=2, output_stride=8))
-    dataset = colour_items(n=6)
+    dataset = ColourItems(6, offset=100)
     push_prototypes(model, TrainData(dataset, dataset, dataset, 2), quiet, batch_size=4)
     with torch.no_grad():
         latent = model.latent(torch.stack([dataset[i]["image"] for i in range(len(dataset))]))
@@ -235,7 +227,7 @@ def test_warm_phase_trains_only_add_on_and_prototypes():
     before = {k: v.clone() for k, v in model.named_parameters()}
     warm = protopnet_recipe(tiny_config(num_classes=2, warm_epochs=1))[0]
     assert warm.name == "warm"
-    dataset = colour_items(n=8)
+    dataset = ColourItems(8, offset=100)
     run_recipe(model, [warm], TrainData(dataset, dataset, dataset, 2), quiet, batch_size=4)
     changed = {k for k, v in model.named_parameters() if not torch.equal(v, before[k])}
     assert changed and all(k.startswith(("add_on_layers.", "prototype_vectors")) for k in changed)
@@ -248,7 +240,7 @@ def test_tiny_training_end_to_end_and_checkpoint_round_trip(tmp_path):
                          push_every=2, last_layer_epochs=1, batch_size=8, output_stride=16)
     json.dumps(config)
     model = SPEC.build(config)
-    dataset = colour_items(n=16)
+    dataset = ColourItems(16, offset=100)
     trained = SPEC.train(model, TrainData(dataset, dataset, dataset, 2), config, quiet)
     assert trained is model and not model.training
     assert (model.prototype_sources >= 0).all()

@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from tiny_data import ColourItems
 from torch import nn
 
 from protobench.api.contract import TrainData
@@ -20,23 +21,6 @@ from protobench.runner.training import (
     cross_entropy_objective,
     run_recipe,
 )
-
-
-class Items(torch.utils.data.Dataset):
-    """Two classes of 8 px images, with random augmentation drawn from torch's global generator."""
-
-    def __init__(self, n=24):
-        g = torch.Generator().manual_seed(0)
-        self.images = torch.rand(n, 3, 8, 8, generator=g)
-        self.labels = [i % 2 for i in range(n)]
-        for i, y in enumerate(self.labels):
-            self.images[i, y] += 0.5
-
-    def __len__(self):
-        return len(self.labels)
-
-    def __getitem__(self, i):
-        return {"image": self.images[i] + 0.1 * torch.randn(3, 8, 8), "label": self.labels[i]}
 
 
 class Net(nn.Module):
@@ -74,7 +58,7 @@ def recipe():
 def train(resume_dir, stop_at: str | None = None):
     torch.manual_seed(0)
     model = Net()
-    data = TrainData(Items(), Items(), Items(), 2, resume_dir=resume_dir)
+    data = TrainData(*[ColourItems(24, size=8, noise=0.1)] * 3, 2, resume_dir=resume_dir)
 
     def progress(iterable, desc="", total=None):
         if desc == stop_at:
@@ -104,7 +88,7 @@ def test_only_the_latest_state_is_kept_and_a_foreign_one_is_refused(tmp_path, ca
         json.loads((tmp_path / "resume" / resume.LATEST).read_text())["folder"]]
     torch.manual_seed(0)
     model = Net()
-    data = TrainData(Items(), Items(), Items(), 2, resume_dir=tmp_path / "resume")
+    data = TrainData(*[ColourItems(24, size=8, noise=0.1)] * 3, 2, resume_dir=tmp_path / "resume")
     phases = [Phase("other", 1, (ParamGroup("head", 1e-2),), cross_entropy_objective, {"cross_entropy": 1.0})]
     assert len(run_recipe(model, phases, data, lambda it, desc="", total=None: it, batch_size=8)) == 1
     assert "cannot resume" in (err := capsys.readouterr().err) and "saved by another recipe" in err
