@@ -141,6 +141,7 @@ def changes(stdout: str) -> list[list[str]]:
     return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
 
 
+@pytest.mark.slow  # ~35 s; .ci/run runs it
 def test_check_passes_on_itself_and_fails_on_a_regression(toy_cli):
     assert toy_cli(*RUN).returncode == 0
     board = json.loads((toy_cli.cwd / "leaderboards/colours.json").read_text())
@@ -351,6 +352,7 @@ def test_a_run_elsewhere_or_with_overrides_writes_its_board_under_its_workdir(to
     assert "leaderboard written to leaderboards/colours.md" in done.stdout
 
 
+@pytest.mark.slow  # ~55 s; .ci/run runs it
 def test_overrides_and_data_options_train_their_own_models_and_leave_the_default_untouched(toy_cli):
     assert toy_cli(*RUN).returncode == 0
     default = {p: (toy_cli.cwd / ".protobench/results" / p).stat().st_mtime_ns for p in _records(toy_cli.cwd)}

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 GUIDE = REPO / "docs" / "writing-a-plugin.md"
 EXAMPLE = REPO / "examples" / "protobench-example"
@@ -25,6 +27,7 @@ def test_the_guide_shows_the_example_files_as_they_are():
                                 (EXAMPLE / "tests" / "test_tinyproto.py").read_text()]
 
 
+@pytest.mark.slow  # installs a plugin and runs it (~60 s); .ci/run runs it
 def test_following_the_guide_gives_a_leaderboard_row(tmp_path):
     folder = tmp_path / "protobench-example"
     shutil.copytree(EXAMPLE, folder, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))

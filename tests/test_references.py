@@ -111,12 +111,14 @@ def calibration(tmp_path_factory) -> dict[str, dict[str, float]]:
     return values
 
 
+@pytest.mark.slow  # trains three models (~80 s); .ci/run runs it
 def test_part_supervised_row_reaches_the_top(calibration) -> None:
     ours = calibration["part_supervised"]
     assert ours["consistency"] >= 0.9
     assert ours["object_relevance"] > calibration["protopnet"]["object_relevance"]
 
 
+@pytest.mark.slow  # shares that fixture; .ci/run runs it
 def test_random_row_stays_at_the_floor(calibration) -> None:
     assert calibration["random_explanations"]["consistency"] <= 0.05
     assert calibration["random_explanations"]["object_relevance"] < calibration["part_supervised"]["object_relevance"]
