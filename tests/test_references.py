@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 from protobench_baseline.model import Baseline
-from protobench_references.part_supervised import keypoint_cells, part_alignment
+from protobench_references.part_supervised import alignment_targets, keypoint_cells, part_alignment
 from protobench_references.random_explanations import RandomExplanations, image_seeds
 
 from protobench.api.plugins import registry
@@ -66,6 +66,17 @@ def test_keypoint_cells_by_hand() -> None:
     # 64 px image, 8x8 grid: cells of 8 px; (x, y) = (17, 9) is row 1, column 2; (63, 63) the last cell
     keypoints = torch.tensor([[[17.0, 9.0, 1.0], [63.0, 63.0, 1.0], [0.0, 0.0, 0.0]]])
     assert keypoint_cells(keypoints, (64, 64), (8, 8)).tolist() == [[1 * 8 + 2, 63, 0]]
+
+
+def test_alignment_targets_move_halfway_to_the_visible_centre() -> None:
+    # visible keypoints (1, 1), (15, 1), (8, 13): centre (8, 5); the hidden (40, 40) does not count in the centre
+    keypoints = torch.tensor([[[1.0, 1.0, 1.0], [15.0, 1.0, 1.0], [8.0, 13.0, 1.0], [40.0, 40.0, 0.0]]])
+    moved = alignment_targets(keypoints, 0.5)
+    assert moved.tolist() == [[[4.5, 3.0, 1.0], [11.5, 3.0, 1.0], [8.0, 9.0, 1.0], [24.0, 22.5, 0.0]]]
+    assert torch.equal(alignment_targets(keypoints, 0.0), keypoints)
+    # on a 4x4 grid over 16 px the first two move from the corner columns 0 and 3 into columns 1 and 2
+    assert keypoint_cells(moved, (16, 16), (4, 4))[0, :2].tolist() == [4 * 0 + 1, 4 * 0 + 2]
+    assert keypoint_cells(keypoints, (16, 16), (4, 4))[0, :2].tolist() == [0, 3]
 
 
 def test_part_alignment_by_hand() -> None:
