@@ -1,9 +1,11 @@
 """The random-explanation reference row: the black-box baseline's logits with random evidence.
 
 A calibration row (not a published model): its predictions are the baseline's
-(:mod:`protobench_baseline`), but its "prototypes" (``prototypes_per_class`` per class) have
-similarity maps and contributions drawn uniformly at random, so every interpretability and
-faithfulness column shows what an explanation unrelated to the decision scores.
+(:mod:`protobench_baseline`), but its "prototypes" (:data:`PROTOTYPES_PER_CLASS` per class, ProtoPNet's
+number) have similarity maps and contributions drawn uniformly at random, so every interpretability and
+faithfulness column shows what an explanation unrelated to the decision scores. Its config is the
+baseline's, and so is its network: it trains alike with the baseline, and the harness gives it the
+baseline's trained weights where they exist (:mod:`protobench.runner.trained_alike`).
 
 The draws are repeatable: each image's maps come from a generator seeded by the image itself (an
 integer hash of its pixels quantised to 8 bits), so the same image gets the same maps whatever the
@@ -22,6 +24,8 @@ from torch import Tensor
 
 from protobench.api.contract import Explanation
 
+#: Random-evidence prototypes per class: ProtoPNet's 10 (a constant, so that the config is the baseline's).
+PROTOTYPES_PER_CLASS = 10
 #: The pixel hash is taken modulo this prime (integer arithmetic: the same seed on every machine).
 _HASH_MODULUS = 2**61 - 1
 
@@ -34,11 +38,11 @@ def image_seeds(x: Tensor) -> list[int]:
 
 
 class RandomExplanations(Baseline):
-    """The baseline with ``prototypes_per_class`` random-evidence prototypes per class."""
+    """The baseline with :data:`PROTOTYPES_PER_CLASS` random-evidence prototypes per class."""
 
     def __init__(self, config: dict[str, Any]):
         super().__init__(config)
-        per_class = int(config["prototypes_per_class"])
+        per_class = PROTOTYPES_PER_CLASS
         self.register_buffer("prototype_classes", torch.arange(self.num_classes * per_class) // per_class)
 
     def explain(self, x: Tensor) -> Explanation:

@@ -46,6 +46,15 @@ def read_meta(directory: Path) -> dict[str, Any]:
     return meta
 
 
+def read_weights(directory: Path) -> dict[str, torch.Tensor]:
+    """The state dict in ``directory``'s safetensors file."""
+    path = Path(directory) / WEIGHTS
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error types for truncated files
+        raise CheckpointError(f"checkpoint weights {path} are unreadable (truncated?): {exc}") from exc
+
+
 def load(directory: Path, registry: Registry, device: torch.device | str = "cpu") -> PrototypeModel:
     """Rebuild the model from its json config and load its safetensors weights.
 
@@ -58,13 +67,10 @@ def load(directory: Path, registry: Registry, device: torch.device | str = "cpu"
     if "weights" in config:
         config["weights"] = None
     model = registry.model(meta["model"]).build(config)
-    path = directory / WEIGHTS
-    try:
-        state = load_file(str(path))
-    except Exception as exc:  # safetensors raises its own error types for truncated files
-        raise CheckpointError(f"checkpoint weights {path} are unreadable (truncated?): {exc}") from exc
+    state = read_weights(directory)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise CheckpointError(f"checkpoint weights {path} do not fit model {meta['model']!r}: {exc}") from exc
+        raise CheckpointError(
+            f"checkpoint weights {directory / WEIGHTS} do not fit model {meta['model']!r}: {exc}") from exc
     return model.to(device).eval()

@@ -42,6 +42,7 @@ from protobench.runner.identity import RunIdentity, changed_settings
 from protobench.runner.progress import progress as default_progress
 from protobench.runner.standin import resolve_weights
 from protobench.runner.store import RecordKey, ResultStore
+from protobench.runner.trained_alike import find_trained_alike, load_trained_weights, training_key
 from protobench.runner.training import NonFiniteLossError
 
 #: Test images fed to costly metrics per profile (0 = all; chosen by :func:`costly_subset`). ``quick``: 24
@@ -187,14 +188,21 @@ def train(registry: Registry, model: str, settings: Settings, progress: Any = de
     if found:
         owner = registry.owners.get(("models", model), "?")
         raise ContractError("\n".join(f"model {model!r} of plugin {owner} {line}" for line in found))
+    key = training_key(spec.train, config, run_identity.training(), settings.seed, net)
+    alike = find_trained_alike(directory.parents[2], settings.seed, key)
     start = time.perf_counter()
-    try:
-        net = spec.train(net, data, config, progress)
-    except NonFiniteLossError as exc:
-        raise NonFiniteLossError(f"model {model!r} diverged, no checkpoint written: {exc}") from exc
+    if alike is not None:
+        net = load_trained_weights(net, alike)
+    else:
+        try:
+            net = spec.train(net, data, config, progress)
+        except NonFiniteLossError as exc:
+            raise NonFiniteLossError(f"model {model!r} diverged, no checkpoint written: {exc}") from exc
     seconds = time.perf_counter() - start
     info = {"train_seconds": round(seconds, 1), "device": str(device), "seed": settings.seed,
-            "identity": run_identity.training(), "settings": dict(run_identity.changed)}
+            "identity": run_identity.training(), "settings": dict(run_identity.changed), "training_key": key}
+    if alike is not None:
+        info["weights_from"] = str(alike.relative_to(Path(settings.workdir)))
     checkpoint.save(net, model, directory, info)
     resume.clear(data.resume_dir)
     return directory
