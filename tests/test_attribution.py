@@ -7,7 +7,13 @@ import torch
 from torch import Tensor, nn
 
 from protobench.api.contract import Explanation, PrototypeModel
-from protobench.explain.attribution import attribution_maps, box_masks, prototype_attribution
+from protobench.explain.attribution import (
+    attribution_maps,
+    box_masks,
+    integrated_gradients,
+    prototype_attribution,
+    reusing_integrated_gradients,
+)
 
 
 class BoxModel(PrototypeModel):
@@ -119,3 +125,51 @@ def test_prototype_map_without_contributions_is_an_error():
     for weighted in (True, False):
         with pytest.raises(ValueError, match="contributions"):
             prototype_attribution(model, explanation, torch.tensor([0]), (8, 8), weighted=weighted)
+
+
+class Counting(nn.Module):
+    """A linear black box over pixels that counts its forward calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(3 * 4 * 4, 3)
+        self.calls = 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.calls += 1
+        return self.linear(x.flatten(1))
+
+
+def test_integrated_gradients_are_reused_only_in_the_block_for_the_same_unchanged_images_weights_and_targets():
+    """On a linear model from a black image Integrated Gradients is exact: x * w[target], summed over channels."""
+    torch.manual_seed(0)
+    model, images, target = Counting(), torch.rand(2, 3, 4, 4), torch.tensor([0, 2])
+
+    def exact(t: Tensor) -> Tensor:
+        return (images * model.linear.weight[t].view(2, 3, 4, 4)).sum(dim=1).detach()
+
+    first = integrated_gradients(model, images, target)
+    calls = model.calls
+    torch.testing.assert_close(integrated_gradients(model, images, target), first)
+    assert model.calls > calls  # outside a block nothing is kept
+    with reusing_integrated_gradients():
+        first = integrated_gradients(model, images, target)
+        torch.testing.assert_close(first, exact(target), rtol=1e-4, atol=1e-5)
+        calls = model.calls
+        again = integrated_gradients(model, images, target)
+        assert model.calls == calls and torch.equal(again, first)
+        again.zero_()  # the caller's copy: the kept result is not touched
+        assert torch.equal(integrated_gradients(model, images, target), first) and model.calls == calls
+        calls = model.calls
+        integrated_gradients(model, images.clone(), target)  # equal values, another tensor: computed again
+        assert model.calls > calls
+        other = torch.tensor([1, 2])
+        torch.testing.assert_close(integrated_gradients(model, images, other), exact(other), rtol=1e-4, atol=1e-5)
+        with torch.no_grad():
+            for change in (lambda: images.mul_(0.5), lambda: model.linear.weight.mul_(2.0)):
+                integrated_gradients(model, images, target)
+                calls = model.calls
+                change()
+                torch.testing.assert_close(integrated_gradients(model, images, target), exact(target), rtol=1e-4,
+                                           atol=1e-5)
+                assert model.calls > calls

@@ -25,6 +25,12 @@ image as baseline; ``explainers/explainer_wrapper.py``, ``CaptumAttributionExpla
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 from captum.attr import IntegratedGradients
 from torch import Tensor
@@ -95,8 +101,58 @@ def prototype_attribution(
     return result if weighted else result.clamp(max=1.0)
 
 
+def _versions(model: PrototypeModel, images: Tensor) -> tuple[int, ...] | None:
+    """The in-place modification counters of ``images`` and ``model``'s weights (None for inference tensors,
+    which keep none)."""
+    tensors = [images, *model.parameters(), *model.buffers()]
+    if any(t.is_inference() for t in tensors):
+        return None
+    return tuple(t._version for t in tensors)
+
+
+@dataclass
+class _Last:
+    """The last Integrated Gradients result and what it came from: weak references (a new object at a
+    recycled address never matches) and the in-place counters (images or weights changed since never match)."""
+
+    model: Any = None
+    images: Any = None
+    versions: tuple[int, ...] | None = None
+    target: Tensor | None = None
+    maps: Tensor | None = None
+
+    def matches(self, model: PrototypeModel, images: Tensor, target: Tensor) -> bool:
+        return (self.maps is not None and self.versions is not None and self.model() is model
+                and self.images() is images and self.target.device == target.device
+                and torch.equal(self.target, target) and self.versions == _versions(model, images))
+
+
+#: One memory per open :func:`reusing_integrated_gradients` block, innermost last.
+_SCOPES: list[_Last] = []
+
+
+@contextmanager
+def reusing_integrated_gradients() -> Iterator[None]:
+    """Within the block, :func:`integrated_gradients` reuses its last result for the same model, the same images
+    tensor and equal targets: the costly metrics of one batch (object relevance, region deletion) each ask for the
+    predicted class's attribution, and a pass is 50 forward and backward passes per image. Images or weights
+    changed in place through autograd-visible ops are noticed (their version counters); the block's owner
+    promises nothing else changes the model (``.data`` writes are invisible to the counters)."""
+    _SCOPES.append(_Last())
+    try:
+        yield
+    finally:
+        _SCOPES.pop()
+
+
 def integrated_gradients(model: PrototypeModel, images: Tensor, target: Tensor) -> Tensor:
-    """``[B, H, W]``: Integrated Gradients of the ``target`` logits from a black image, summed over channels."""
+    """``[B, H, W]``: Integrated Gradients of the ``target`` logits from a black image, summed over channels.
+
+    Inside :func:`reusing_integrated_gradients` a repeated request returns the kept result.
+    """
+    last = _SCOPES[-1] if _SCOPES else None
+    if last is not None and last.matches(model, images, target):
+        return last.maps.clone()
     with torch.inference_mode(False), torch.enable_grad():
         inputs = images.detach().clone()
         baseline = torch.full_like(inputs, IG_BASELINE)
@@ -104,7 +160,12 @@ def integrated_gradients(model: PrototypeModel, images: Tensor, target: Tensor) 
             inputs, baselines=baseline, target=target.to(inputs.device), n_steps=IG_STEPS,
             internal_batch_size=IG_INTERNAL_BATCH,
         )
-    return attributions.detach().sum(dim=1)
+    maps = attributions.detach().sum(dim=1)
+    if last is None:
+        return maps
+    last.model, last.images, last.versions = weakref.ref(model), weakref.ref(images), _versions(model, images)
+    last.target, last.maps = target.detach().clone(), maps
+    return maps.clone()
 
 
 def uses_prototypes(model: PrototypeModel, explanation: Explanation | None) -> bool:

@@ -36,6 +36,7 @@ from protobench.api.overrides import check_overrides
 from protobench.api.plugins import Registry
 from protobench.api.state_files import read_state_dict
 from protobench.data.transforms import eval_transform, train_transform
+from protobench.explain.attribution import reusing_integrated_gradients
 from protobench.runner import checkpoint, resume
 from protobench.runner.devices import barrier, init_distributed, resolve_device, seed_everything
 from protobench.runner.identity import RunIdentity, changed_settings
@@ -423,9 +424,11 @@ def _shared_pass(
 
 def _update_costly(specs: list[MetricSpec], states: dict[str, Any], batch: dict[str, Any],
                    out: Explanation) -> None:
-    for spec in specs:
-        if spec.costly and spec.name in states:
-            states[spec.name].update(batch, out)
+    """Each costly metric's update on one batch; they share one Integrated Gradients pass (the model is fixed)."""
+    with reusing_integrated_gradients():
+        for spec in specs:
+            if spec.costly and spec.name in states:
+                states[spec.name].update(batch, out)
 
 
 class Rebatcher:
