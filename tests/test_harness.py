@@ -181,6 +181,7 @@ def test_user_errors_are_one_line(toy_cli):
     assert done.returncode == 2 and "--set 'oops': expected KEY=VALUE" in done.stderr
 
 
+@pytest.mark.slow  # ~27 s (CLI subprocesses); .ci/run runs it
 def test_torchrun_sharded_eval_equals_single_process(toy_cli):
     assert toy_cli(*RUN).returncode == 0
     single = json.loads((_results(toy_cli.cwd, "toy_a") / "hits.json").read_text())
@@ -303,6 +304,7 @@ def test_sharded_costly_metrics_see_each_class_of_the_subset_once():
     assert [a + b for a, b in zip(*states)] == [1] * 24
 
 
+@pytest.mark.slow  # ~33 s (CLI subprocesses); .ci/run runs it
 def test_the_cli_refuses_an_unknown_profile_or_override_before_training(toy_cli):
     done = toy_cli(*RUN, "--profile", "nosuch")
     assert done.returncode == 2 and "unknown profile 'nosuch'; known: " in done.stderr and "quick" in done.stderr
@@ -399,6 +401,7 @@ def test_costly_images_get_their_own_records_from_the_same_checkpoint(toy_cli):
     assert json.loads((five / "costly_hits.json").read_text())["test_images"] == 5
 
 
+@pytest.mark.slow  # ~32 s (CLI subprocesses); .ci/run runs it
 def test_runs_lists_configurations_checkpoints_and_metrics(toy_cli):
     assert toy_cli(*RUN).returncode == 0
     assert toy_cli("train", "--dataset", "colours", "--model", "toy_b", "--set", "input_size=4").returncode == 0
