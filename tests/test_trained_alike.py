@@ -11,6 +11,7 @@ from protobench_baseline.model import train as train_baseline
 from protobench_references.random_explanations import RandomExplanations
 
 from protobench.api.plugins import discover
+from protobench.report import leaderboard
 from protobench.runner import checkpoint, harness
 from protobench.runner.trained_alike import NOT_TRAINED, load_trained_weights, training_key
 
@@ -80,6 +81,8 @@ def test_the_harness_trains_the_baseline_once_for_the_random_row(tmp_path) -> No
     assert info["training_key"] == json.loads((first / checkpoint.META).read_text())["info"]["training_key"]
     random_row = checkpoint.load(first, registry)
     baseline = checkpoint.load(second, registry)
+    assert harness.model_info(baseline, checkpoint.read_meta(second))["weights_from"] == "random_explanations"
+    assert harness.model_info(random_row, checkpoint.read_meta(first))["weights_from"] is None
     x = torch.rand(3, 3, 32, 32)
     torch.testing.assert_close(random_row(x), baseline(x), rtol=0, atol=0)
     # another config (same seed, same workdir) trains alike with nothing here: it trains
@@ -89,3 +92,9 @@ def test_the_harness_trains_the_baseline_once_for_the_random_row(tmp_path) -> No
     assert len([d for d in trained if d.startswith("train")]) == epochs + 2
     assert "weights_from" not in json.loads((other.checkpoint_dir(harness.identity(registry, "baseline", other))
                                              / checkpoint.META).read_text())["info"]
+
+
+def test_the_leaderboard_says_whose_weights_a_row_took() -> None:
+    assert leaderboard._train_cell({"train_seconds": 0.4, "weights_from": "baseline"}) == "0 (baseline's weights)"
+    assert leaderboard._train_cell({"train_seconds": 61.6, "weights_from": None}) == "62"
+    assert leaderboard._train_cell({"train_seconds": None}) == leaderboard.MISSING

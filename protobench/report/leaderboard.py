@@ -82,6 +82,7 @@ def table(store: ResultStore, dataset: str, registry: Registry | None = None) ->
             "parameters": info.get("parameters"),
             "prototypes": info.get("prototypes"),
             "train_seconds": info.get("train_seconds"),
+            "weights_from": info.get("weights_from"),
             "metrics": metrics,
         })
     sections = _grouped(metric_names, registry)
@@ -138,13 +139,21 @@ def _frame(data: dict[str, Any], names: list[str], overview: bool) -> str:
                 "params (M)": f"{row['parameters'] / 1e6:.2f}" if row["parameters"] else MISSING,
                 "prototypes": row["prototypes"],
                 "seeds": ",".join(str(s) for s in _seeds(row)),
-                "train (s)": f"{row['train_seconds']:.0f}" if row.get("train_seconds") is not None else MISSING,
+                "train (s)": _train_cell(row),
             } if overview else {}),
             **{name: _cell(row["metrics"].get(name)) for name in names},
         }
         for row in data["rows"]
     ])
     return frame.to_markdown(index=False, disable_numparse=True)
+
+
+def _train_cell(row: dict[str, Any]) -> str:
+    """Training seconds, and whose weights a row took where training reuse gave it another model's."""
+    if row.get("train_seconds") is None:
+        return MISSING
+    seconds = f"{row['train_seconds']:.0f}"
+    return f"{seconds} ({row['weights_from']}'s weights)" if row.get("weights_from") else seconds
 
 
 def _seeds(row: dict[str, Any]) -> list[int]:

@@ -257,11 +257,16 @@ def _missing_capability(spec: MetricSpec, model: PrototypeModel, dataset: Datase
 
 
 def model_info(model: PrototypeModel, meta: dict[str, Any]) -> dict[str, Any]:
+    """What a record says about its model; ``weights_from`` names the model whose trained weights it took
+    (training reuse; the checkpoint path's ``<model>/<hash>/seed<n>`` tail), else None."""
+    info = meta.get("info", {})
+    source = info.get("weights_from")
     return {
         "backbone": model.config.get("backbone", "?"),
         "parameters": sum(p.numel() for p in model.parameters()),
         "prototypes": model.num_prototypes,
-        "train_seconds": meta.get("info", {}).get("train_seconds"),
+        "train_seconds": info.get("train_seconds"),
+        "weights_from": Path(source).parts[-3] if source else None,
     }
 
 
