@@ -42,8 +42,8 @@ class RandomExplanations(Baseline):
 
     def __init__(self, config: dict[str, Any]):
         super().__init__(config)
-        per_class = PROTOTYPES_PER_CLASS
-        self.register_buffer("prototype_classes", torch.arange(self.num_classes * per_class) // per_class)
+        self.register_buffer("prototype_classes",
+                             torch.arange(self.num_classes * PROTOTYPES_PER_CLASS) // PROTOTYPES_PER_CLASS)
 
     def explain(self, x: Tensor) -> Explanation:
         fmap = self.features(self.normalize(x))
