@@ -20,10 +20,6 @@ DATA = {"num_classes": 2, "images_per_class": 20, "resolution": 32}
 RUN = {"dataset": "synthbirds", "profile": "quick", "dataset_options": DATA, "protobench": "x"}
 
 
-def quiet(iterable, **_):
-    return iterable
-
-
 def config(**changes) -> dict:
     return {**discover({"core", "baseline"}).model("baseline").config("quick", **OVERRIDES), "num_classes": 2,
             **changes}
@@ -51,14 +47,14 @@ def test_the_key_follows_every_training_input_but_the_models_name_and_prototype_
 def test_loaded_weights_keep_the_models_own_prototype_classes(tmp_path) -> None:
     trained = built(Baseline, seed=3)
     checkpoint.save(trained, "baseline", tmp_path, {})
-    random_row = load_trained_weights(built(RandomExplanations), tmp_path)
+    random_row = load_trained_weights(built(RandomExplanations), "random_explanations", tmp_path)
     assert random_row.prototype_classes.shape == (20,)
     for name, value in trained.state_dict().items():
         if name != NOT_TRAINED:
             assert torch.equal(value, random_row.state_dict()[name]), name
     (tmp_path / checkpoint.WEIGHTS).write_bytes(b"truncated")
     with pytest.raises(checkpoint.CheckpointError, match="truncated"):
-        load_trained_weights(built(RandomExplanations), tmp_path)
+        load_trained_weights(built(RandomExplanations), "random_explanations", tmp_path)
 
 
 def test_the_harness_trains_the_baseline_once_for_the_random_row(tmp_path) -> None:

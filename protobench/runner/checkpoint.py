@@ -46,13 +46,23 @@ def read_meta(directory: Path) -> dict[str, Any]:
     return meta
 
 
-def read_weights(directory: Path) -> dict[str, torch.Tensor]:
-    """The state dict in ``directory``'s safetensors file."""
+def load_weights(model: PrototypeModel, model_name: str, directory: Path, keep: tuple[str, ...] = ()) -> None:
+    """Load the weights in ``directory`` into ``model`` (plugin model ``model_name``), strictly, except the
+    entries named in ``keep``, which stay the model's own."""
     path = Path(directory) / WEIGHTS
     try:
-        return load_file(str(path))
+        state = load_file(str(path))
     except Exception as exc:  # safetensors raises its own error types for truncated files
         raise CheckpointError(f"checkpoint weights {path} are unreadable (truncated?): {exc}") from exc
+    own = model.state_dict()
+    for name in keep:
+        state.pop(name, None)
+        if name in own:
+            state[name] = own[name]
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"checkpoint weights {path} do not fit model {model_name!r}: {exc}") from exc
 
 
 def load(directory: Path, registry: Registry, device: torch.device | str = "cpu") -> PrototypeModel:
@@ -67,10 +77,5 @@ def load(directory: Path, registry: Registry, device: torch.device | str = "cpu"
     if "weights" in config:
         config["weights"] = None
     model = registry.model(meta["model"]).build(config)
-    state = read_weights(directory)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(
-            f"checkpoint weights {directory / WEIGHTS} do not fit model {meta['model']!r}: {exc}") from exc
+    load_weights(model, meta["model"], directory)
     return model.to(device).eval()

@@ -193,7 +193,7 @@ def train(registry: Registry, model: str, settings: Settings, progress: Any = de
     alike = find_trained_alike(directory.parents[2], settings.seed, key)
     start = time.perf_counter()
     if alike is not None:
-        net = load_trained_weights(net, alike)
+        net = load_trained_weights(net, model, alike)
     else:
         try:
             net = spec.train(net, data, config, progress)

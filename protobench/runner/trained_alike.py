@@ -59,15 +59,8 @@ def find_trained_alike(root: Path, seed: int, key: str) -> Path | None:
     return None
 
 
-def load_trained_weights(model: PrototypeModel, directory: Path) -> PrototypeModel:
-    """``model`` with the weights of the checkpoint in ``directory``, its own :data:`NOT_TRAINED` kept."""
-    state = {k: v for k, v in checkpoint.read_weights(directory).items() if k != NOT_TRAINED}
-    own = model.state_dict()
-    if NOT_TRAINED in own:
-        state[NOT_TRAINED] = own[NOT_TRAINED]
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise checkpoint.CheckpointError(
-            f"checkpoint weights {Path(directory) / checkpoint.WEIGHTS} do not fit: {exc}") from exc
+def load_trained_weights(model: PrototypeModel, model_name: str, directory: Path) -> PrototypeModel:
+    """``model`` (plugin model ``model_name``) with the weights of the checkpoint in ``directory``, its own
+    :data:`NOT_TRAINED` kept."""
+    checkpoint.load_weights(model, model_name, directory, keep=(NOT_TRAINED,))
     return model
